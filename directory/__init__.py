@@ -1,0 +1,1 @@
+"""Where accounts and counters live, and the operator's ``congvu`` command line."""

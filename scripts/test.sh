@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Set up and pass the whole test suite on a fresh Debian machine (README, second command).
+# As root it installs the Debian packages the integration tests start; without them it
+# stops and names them. It never skips an integration test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PKGS="python3-venv postfix dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd slapd ldap-utils redis-server swaks postfix-doc postfwd chromium"
+missing=""
+for p in $PKGS; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "congvu test: installing Debian packages:$missing"
+    # Packages must not start their system services: the fixtures start their own.
+    created_policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d
+      created_policy=1
+    fi
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends $missing >/tmp/congvu-apt.log 2>&1 \
+      || { tail -20 /tmp/congvu-apt.log; echo "congvu test: apt-get install failed for:$missing"; exit 1; }
+    [ -n "$created_policy" ] && rm -f /usr/sbin/policy-rc.d
+  else
+    echo "congvu test: missing Debian packages:$missing"
+    echo "  install them as root: apt-get install$missing"
+    exit 1
+  fi
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+
+echo "== ruff"; .venv/bin/ruff check .
+echo "== mypy"; .venv/bin/mypy
+echo "== pytest"
+exec .venv/bin/pytest -q -p no:cacheprovider "$@"
