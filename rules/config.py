@@ -194,14 +194,18 @@ class MailboxSettings:
     min_quota_personal: int = setting(0, _size, doc="regulation floor for a personal quota")
     min_quota_unit: int = setting(0, _size, doc="regulation floor for a unit quota")
     min_quota_agency: int = setting(0, _size, doc="regulation floor for an agency quota")
-    max_quota_personal: int | None = setting("unlimited", _size_or_unlimited, doc="regulation ceiling for a personal quota")
+    max_quota_personal: int | None = setting("unlimited", _size_or_unlimited,
+        doc="regulation ceiling for a personal quota")
     max_quota_unit: int | None = setting("unlimited", _size_or_unlimited, doc="regulation ceiling for a unit quota")
-    max_quota_agency: int | None = setting("unlimited", _size_or_unlimited, doc="regulation ceiling for an agency quota")
+    max_quota_agency: int | None = setting("unlimited", _size_or_unlimited,
+        doc="regulation ceiling for an agency quota")
     personal_not_above_shared: bool = setting(False, _bool, doc="refuse a personal quota above a unit or agency quota")
     attachment_max: int = setting("20MB", _size, doc="largest attachment per message")
     mime_factor: float = setting(1.37, _float(1.0, 3.0), doc="base64 4/3 plus CRLF every 76 chars (78/76): encoded/raw")
-    header_allowance: int = setting("256KB", _size, doc="headers and MIME parts allowed on top of the encoded attachment")
-    warn_percent: tuple[int, ...] = setting([85, 95], _list(_int(1, 100)), "CT25-5.1", doc="warn the user at these fill levels")
+    header_allowance: int = setting("256KB", _size,
+        doc="headers and MIME parts allowed on top of the encoded attachment")
+    warn_percent: tuple[int, ...] = setting([85, 95], _list(_int(1, 100)), "CT25-5.1",
+        doc="warn the user at these fill levels")
 
     def quota(self, kind: MailboxType) -> int | None:
         return {"personal": self.quota_personal, "unit": self.quota_unit,
@@ -292,15 +296,18 @@ class StateSettings:
     password_file: str = setting("", _str, doc="file holding the Redis password")
     prefix: str = setting("congvu:", _str, doc="key prefix, so several sites can share one Redis")
     timeout: timedelta = setting("1s", _duration, doc="timeout on every counter call")
-    last_login_flush: timedelta = setting("10m", _duration, doc="write last-login stamps to the directory at most this often")
+    last_login_flush: timedelta = setting("10m", _duration,
+        doc="write last-login stamps to the directory at most this often")
 
 
 @dataclass(frozen=True)
 class PolicydSettings:
     """The Postfix policy server (CT25-3, CT25-5.1, TH13-9, CT15-8)."""
 
-    listen: tuple[str, ...] = setting(["tcp:10040:interface=127.0.0.1"], _list(_endpoint), doc="endpoints Postfix connects to")
-    mynetworks: tuple[Any, ...] = setting(["127.0.0.0/8", "::1/128"], _list(_network), "CT25-3.2", doc="clients trusted to relay with local senders")
+    listen: tuple[str, ...] = setting(["tcp:10040:interface=127.0.0.1"], _list(_endpoint),
+        doc="endpoints Postfix connects to")
+    mynetworks: tuple[Any, ...] = setting(["127.0.0.0/8", "::1/128"], _list(_network), "CT25-3.2",
+        doc="clients trusted to relay with local senders")
     idle_timeout: timedelta = setting("300s", _duration, doc="close idle connections (Postfix reconnects)")
 
 
@@ -309,14 +316,16 @@ class AuthhooksSettings:
     """Dovecot authentication and the self-service password page (CT25-5.2, CT25-3.2)."""
 
     socket: str = setting("", _str, doc="auth service unix socket; empty = STATE_DIR/authd.sock")
-    web_listen: tuple[str, ...] = setting(["tcp:8080:interface=127.0.0.1"], _list(_endpoint), doc="password page and API")
+    web_listen: tuple[str, ...] = setting(["tcp:8080:interface=127.0.0.1"], _list(_endpoint),
+        doc="password page and API")
 
 
 @dataclass(frozen=True)
 class QuotaSettings:
     """Quota warnings and refusing mail to full mailboxes (CT25-5.1)."""
 
-    listen: tuple[str, ...] = setting(["tcp:10041:interface=127.0.0.1"], _list(_endpoint), "CT25-5.1", doc="quota-status endpoints for Postfix")
+    listen: tuple[str, ...] = setting(["tcp:10041:interface=127.0.0.1"], _list(_endpoint), "CT25-5.1",
+        doc="quota-status endpoints for Postfix")
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -507,7 +516,7 @@ def _validate(fname: str, cfg: Config) -> None:
                               f"raise max_quota_{kind} too if the site decided so")
     if mb.personal_not_above_shared and mb.quota_personal is not None:
         for kind in ("unit", "agency"):
-            shared = mb.quota(kind)  # type: ignore[arg-type]
+            shared = mb.quota(kind)
             if shared is not None and mb.quota_personal > shared:
                 rid = cfg.origins["mailbox.personal_not_above_shared"].rule_id
                 raise ConfigError(fname, "mailbox.quota_personal",

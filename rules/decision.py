@@ -39,12 +39,11 @@ class Decision:
     def __post_init__(self) -> None:
         if not self.citation:
             object.__setattr__(self, "citation", citation(self.rule_id))
-        if self.verdict is Verdict.REJECT and self.smtp_code is not None:
-            if not 500 <= self.smtp_code <= 599:
-                raise ValueError(f"reject needs a 5xx code, got {self.smtp_code}")
-        if self.verdict is Verdict.DEFER and self.smtp_code is not None:
-            if not 400 <= self.smtp_code <= 499:
-                raise ValueError(f"defer needs a 4xx code, got {self.smtp_code}")
+        code = self.smtp_code
+        if code is not None and self.verdict is Verdict.REJECT and not 500 <= code <= 599:
+            raise ValueError(f"reject needs a 5xx code, got {code}")
+        if code is not None and self.verdict is Verdict.DEFER and not 400 <= code <= 499:
+            raise ValueError(f"defer needs a 4xx code, got {code}")
 
     def text(self, language: Language = "both") -> str:
         """The user-facing sentence in the configured language, ending in the citation."""

@@ -1,0 +1,41 @@
+"""Helpers the server fixtures share: free loopback ports, binaries, waiting for a port."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def need(binary: str, package: str) -> str:
+    """Path of a server binary; a missing one fails the test (never skips) naming the package."""
+    found = shutil.which(binary) or next(
+        (str(p) for p in (Path("/usr/sbin") / binary, Path("/usr/lib/postfix/sbin") / binary)
+         if p.exists()), None)
+    if found is None:
+        pytest.fail(f"{binary} not found: install the Debian package {package} "
+                    f"(scripts/test.sh does this when run as root)", pytrace=False)
+    return found
+
+
+def wait_port(host: str, port: int, timeout: float = 15.0) -> None:
+    """Block until something accepts on host:port, or fail the test."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    pytest.fail(f"nothing listening on {host}:{port} after {timeout}s", pytrace=False)
