@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from rules.config import MailboxType
 from rules.lifecycle import AccountState
@@ -53,6 +53,7 @@ class Account:
     state: AccountState = AccountState.ACTIVE
     state_reason: str = ""
     state_by: str = ""
+    state_changed_at: datetime | None = None  # starts the CT15-5.4 15-working-day clock
     created_at: datetime | None = None
     password_changed_at: datetime | None = None
     must_change: bool = True
@@ -90,8 +91,32 @@ class AccountStore(Protocol):
     def close(self) -> None: ...
 
 
+class RateDecision(NamedTuple):
+    """Answer of :meth:`CounterStore.hit_if_below`; unpacks as ``allowed, totals, retry_after``."""
+
+    allowed: bool
+    #: The total in each window after the decision (what was counted, if allowed).
+    totals: tuple[int, ...]
+    #: Seconds until the amount would fit (None when allowed; ``math.inf`` when it never can).
+    retry_after: float | None
+
+
+class LoginStamp(NamedTuple):
+    """One successful login, kept in the counter store until flushed to the directory."""
+
+    address: str
+    when: float
+    service: str
+    ip: str
+
+
 class CounterStore(Protocol):
-    """Counters and volatile state shared by every MX and IMAP host."""
+    """Counters and volatile state shared by every MX and IMAP host.
+
+    Every ``now`` is a Unix time in seconds from the caller's (injected) clock.  Windows are
+    approximate by one bucket (a sixtieth of the window): an event counts for at least the
+    window and at most the window plus one bucket.  Errors: :class:`StateUnavailable`.
+    """
 
     def hit(self, key: str, amount: int, windows: Sequence[timedelta],
             now: float) -> tuple[int, ...]:
@@ -99,6 +124,34 @@ class CounterStore(Protocol):
 
     def peek(self, key: str, windows: Sequence[timedelta], now: float) -> tuple[int, ...]:
         """The totals without adding anything."""
+
+    def hit_if_below(self, key: str, amount: int, limits: Sequence[tuple[timedelta, int]],
+                     now: float) -> RateDecision:
+        """Add ``amount`` only if every window stays within its limit (one round trip)."""
+
+    def record_failure(self, key: str, fingerprint: str, window: timedelta, now: float) -> int:
+        """Count a failed login; repeats of one ``fingerprint`` count once.  Returns the count."""
+
+    def failures(self, key: str, window: timedelta, now: float) -> int:
+        """Distinct failed logins within ``window``."""
+
+    def clear_failures(self, key: str) -> None:
+        """Forget the failures (after a successful login or an operator reset)."""
+
+    def lock(self, key: str, until: float, now: float) -> None:
+        """Lock ``key`` until the time ``until``."""
+
+    def unlock(self, key: str) -> None:
+        """Lift a lock early (operator action)."""
+
+    def locked_until(self, key: str, now: float) -> float | None:
+        """When the lock ends, or None if ``key`` is not locked at ``now``."""
+
+    def stamp_login(self, address: str, when: float, service: str, ip: str) -> None:
+        """Remember a successful login (hot path: one round trip; the latest stamp wins)."""
+
+    def take_login_stamps(self, now: float, min_interval: timedelta) -> list[LoginStamp]:
+        """Remove and return pending stamps of addresses not taken within ``min_interval``."""
 
     def seen(self, marker: str, ttl: timedelta, now: float) -> bool:
         """Mark ``marker``; True if it was already marked within ``ttl`` (de-duplication)."""

@@ -1,0 +1,136 @@
+"""Config loading: profiles, overrides, errors naming file/key/reason, and arbitrary TOML."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rules.config import ConfigError, config_from_mapping, load_config
+from rules.units import GB, MB
+
+
+def test_default_profile_is_cantho_2025() -> None:
+    """Without a file the loader gives cantho-2025's numbers with their ids."""
+    cfg = load_config(None)
+    assert cfg.profile.name == "cantho-2025"
+    assert cfg.mailbox.quota_personal == 5 * GB and cfg.mailbox.attachment_max == 20 * MB
+    assert cfg.password.expiry("personal") == timedelta(days=90)
+    assert cfg.origins["mailbox.attachment_max"].rule_id == "CT25-5.1"
+    assert cfg.origins["mailbox.attachment_max"].source == "profile"
+    assert cfg.origins["password.history"].source == "suite"
+
+
+@pytest.mark.parametrize(("profile", "agency", "unit_expiry", "domain"), [
+    ("cantho-2015", None, timedelta(days=60), "cantho.gov.vn"),
+    ("thanhhoa-2013", 500 * MB, None, "thanhhoa.gov.vn"),
+])
+def test_other_profiles(profile: str, agency: int | None, unit_expiry: timedelta | None, domain: str) -> None:
+    """CT15 agency mailboxes are unlimited with 2-month shared passwords; TH13 has its own domain."""
+    cfg = load_config(None, profile=profile)
+    assert cfg.mailbox.quota_agency == agency
+    assert cfg.password.expiry("unit") == unit_expiry
+    assert cfg.domain == domain
+
+
+def test_file_overrides_profile_and_is_reported(tmp_path: Path) -> None:
+    """A value in the file wins and its origin records the profile value beside it."""
+    f = tmp_path / "congvu.toml"
+    f.write_text('profile = "cantho-2025"\n[mailbox]\nattachment_max = "25MB"\n', encoding="utf-8")
+    cfg = load_config(f)
+    assert cfg.mailbox.attachment_max == 25 * MB
+    o = cfg.origins["mailbox.attachment_max"]
+    assert (o.source, o.raw, o.profile_raw, o.rule_id) == ("file", "25MB", "20MB", "CT25-5.1")
+
+
+def test_profile_named_in_file_beats_argument(tmp_path: Path) -> None:
+    """profile = … in the file selects the profile even if --profile says otherwise."""
+    f = tmp_path / "c.toml"
+    f.write_text('profile = "thanhhoa-2013"\n', encoding="utf-8")
+    assert load_config(f, profile="cantho-2015").profile.name == "thanhhoa-2013"
+
+
+@pytest.mark.parametrize(("data", "key", "reason"), [
+    ({"bogus": 1}, "bogus", "unknown key"),
+    ({"mailbox": {"bogus": 1}}, "mailbox.bogus", "unknown key"),
+    ({"mailbox": 3}, "mailbox", "expected a [section] table"),
+    ({"profile": "hanoi-2030"}, "profile", "unknown profile"),
+    ({"mailbox": {"attachment_max": "twenty"}}, "mailbox.attachment_max", "expected a size"),
+    ({"mailbox": {"attachment_max": True}}, "mailbox.attachment_max", "boolean"),
+    ({"password": {"min_length": "8"}}, "password.min_length", "whole number"),
+    ({"password": {"min_score": 7}}, "password.min_score", "between 0 and 4"),
+    ({"password": {"expiry_personal": "3 fortnights"}}, "password.expiry_personal", "unknown unit"),
+    ({"password": {"min_length": 20, "max_length": 12}}, "password.max_length", "smaller than"),
+    ({"mailbox": {"quota_personal": "6GB"}}, "mailbox.quota_personal", "ceiling"),
+    ({"mailbox": {"quota_agency": "5GB"}}, "mailbox.quota_agency", "below the floor"),
+    ({"mailbox": {"max_quota_personal": "unlimited", "quota_personal": "12GB"}},
+     "mailbox.quota_personal", "CT25-5.1 forbids"),
+    ({"domain": "not a domain"}, "domain", "expected a domain"),
+    ({"language": "fr"}, "language", "expected one of"),
+    ({"policyd": {"listen": ["10040"]}}, "policyd.listen", "Twisted endpoint"),
+    ({"policyd": {"mynetworks": ["300.1.2.3/8"]}}, "policyd.mynetworks", "network"),
+    ({"lifecycle": {"holidays": ["30/04/2026"]}}, "lifecycle.holidays", "date"),
+    ({"directory": {"backend": "ldap"}}, "directory.base_dn", "required"),
+])
+def test_invalid_values_name_key_and_reason(data: dict[str, Any], key: str, reason: str) -> None:
+    """Every invalid value gives one ConfigError naming the file, the key and the reason."""
+    with pytest.raises(ConfigError) as ei:
+        config_from_mapping(data, name="site.toml")
+    assert ei.value.key == key
+    assert reason in ei.value.reason
+    assert str(ei.value).startswith("site.toml")
+
+
+def test_personal_above_shared_allowed_where_profile_does_not_forbid() -> None:
+    """TH13 sets floors only, so a large personal quota is the operator's choice."""
+    cfg = config_from_mapping({"profile": "thanhhoa-2013", "mailbox": {"quota_personal": "2GB"}})
+    assert cfg.mailbox.quota_personal == 2 * GB
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    (b"profile = \n", "not valid TOML"),
+    (b"\xff\xfe[x]", "not UTF-8"),
+])
+def test_broken_files(tmp_path: Path, content: bytes, reason: str) -> None:
+    """Unparseable files give a ConfigError naming the file, never a traceback."""
+    f = tmp_path / "broken.toml"
+    f.write_bytes(content)
+    with pytest.raises(ConfigError, match=reason) as ei:
+        load_config(f)
+    assert ei.value.file == str(f)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    """A missing file is a ConfigError, not an OSError."""
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_config_is_frozen() -> None:
+    """Config and its sections cannot be changed after loading."""
+    cfg = load_config(None)
+    with pytest.raises(AttributeError):
+        cfg.mailbox.attachment_max = 1  # type: ignore[misc]
+
+
+toml_scalars = st.one_of(st.integers(-10**12, 10**12), st.text(max_size=20), st.booleans(),
+                         st.floats(allow_nan=False), st.dates())
+keys = st.sampled_from(["profile", "domain", "language", "mailbox", "password", "lifecycle", "policyd",
+                        "quota_personal", "attachment_max", "min_length", "expiry_personal", "listen",
+                        "holidays", "mynetworks", "state_dir", "x"])
+toml_values = st.recursive(toml_scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(keys, c, max_size=4),
+                           max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(keys, toml_values, max_size=5))
+def test_loader_raises_only_config_error(data: dict[str, Any]) -> None:
+    """On any TOML-shaped data the loader returns a Config or raises ConfigError, nothing else."""
+    try:
+        config_from_mapping(data)
+    except ConfigError:
+        pass
