@@ -1,0 +1,74 @@
+"""SQLite-only behaviour of the counter store: busy timeout, WAL, clean-up of expired rows, schema version."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from directory.counters_sqlite import SCHEMA_VERSION, SqliteCounters
+from directory.model import StateUnavailable
+
+T0 = 1_800_000_000.0
+HOUR = timedelta(hours=1)
+
+
+def test_wal_mode(tmp_path: Path) -> None:
+    """The file is in WAL mode, so readers in other processes do not block writers."""
+    SqliteCounters(tmp_path / "s.sqlite3").close()
+    with sqlite3.connect(tmp_path / "s.sqlite3") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_locked_database_fails_within_timeout_then_recovers(tmp_path: Path) -> None:
+    """Another process holding the write lock makes calls fail after the timeout; released, they work."""
+    store = SqliteCounters(tmp_path / "s.sqlite3", timeout=0.5)
+    other = sqlite3.connect(tmp_path / "s.sqlite3", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        with pytest.raises(StateUnavailable):
+            store.hit("k", 1, [HOUR], T0)
+        assert 0.4 <= time.monotonic() - started < 1.5
+        other.execute("COMMIT")
+        assert store.hit("k", 1, [HOUR], T0) == (1,)
+    finally:
+        other.close()
+        store.close()
+
+
+def test_unusable_path_is_state_unavailable(tmp_path: Path) -> None:
+    """A path that cannot hold a database raises StateUnavailable, not a raw sqlite3 error."""
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(StateUnavailable):
+        SqliteCounters(tmp_path / "file" / "state.sqlite3")
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    """A database written by a newer congvu is not silently reused."""
+    with sqlite3.connect(tmp_path / "s.sqlite3") as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StateUnavailable, match="newer"):
+        SqliteCounters(tmp_path / "s.sqlite3")
+
+
+def test_expired_rows_are_cleaned_up(tmp_path: Path) -> None:
+    """Rows of keys nobody touches again are deleted once expired, by any later write."""
+    store = SqliteCounters(tmp_path / "s.sqlite3")
+    try:
+        for i in range(50):
+            store.hit(f"k{i}", 1, [HOUR], T0)
+            store.record_failure(f"k{i}", "fp", HOUR, T0)
+            store.seen(f"m{i}", HOUR, T0)
+            store.lock(f"k{i}", T0 + 60, T0)
+        store.hit("later", 1, [HOUR], T0 + 2 * 3600)
+        with sqlite3.connect(tmp_path / "s.sqlite3") as db:
+            counts = {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                      for t in ("counter_buckets", "login_failures", "markers", "locks")}
+        assert counts == {"counter_buckets": 1, "login_failures": 0, "markers": 0, "locks": 0}
+    finally:
+        store.close()
