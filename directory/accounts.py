@@ -1,0 +1,85 @@
+"""Open the configured account store, and the account operations every front end shares.
+
+``open_accounts(cfg)`` is what daemons call: the backend ``[directory] backend`` names
+(embedded SQLite, or the city's LDAP directory of CT15-3.2), behind the TTL read cache.
+``open_store(cfg)`` is the same store without the cache, for the CLI and imports,
+which run once and must see every write at once.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+from datetime import UTC, datetime
+from typing import Any
+
+from twisted.logger import Logger
+
+from directory.cache import CachedAccountStore
+from directory.hashing import Hasher, rotate_history
+from directory.model import Account, AccountStore
+from rules.config import Config, PasswordSettings
+
+log = Logger()
+
+
+def sqlite_path(cfg: Config) -> str:
+    """``[directory] path``, or ``state_dir/directory.sqlite3`` when left empty."""
+    return str(cfg.state_file(cfg.directory.path, "directory.sqlite3"))
+
+
+def open_store(cfg: Config) -> AccountStore:
+    """The configured backend, uncached.  Raises DirectoryUnavailable if it cannot be reached."""
+    if cfg.directory.backend == "ldap":
+        from directory.ldap_store import LdapAccountStore  # ldap3 only loads where LDAP is used
+        store: AccountStore = LdapAccountStore(cfg.directory)
+        return store
+    from directory.sqlite_store import SqliteAccountStore
+    return SqliteAccountStore(sqlite_path(cfg), timeout=cfg.directory.timeout.total_seconds())
+
+
+def open_accounts(cfg: Config) -> AccountStore:
+    """The configured backend behind the read cache (``cache_size`` entries, ``cache_ttl``)."""
+    return CachedAccountStore(open_store(cfg), size=cfg.directory.cache_size,
+                              ttl=cfg.directory.cache_ttl.total_seconds())
+
+
+def hasher_for(cfg: Config) -> Hasher:
+    """The site's hasher; says so in the log when the cheap test cost is configured."""
+    if cfg.directory.hash_cost != "normal":
+        log.warn("[directory] hash_cost = {cost!r}: password hashes are cheap to crack; tests and benchmarks only",
+                 cost=cfg.directory.hash_cost)
+    return Hasher(cfg.directory.hash_cost)
+
+
+def display_name(full_name: str, agency_name: str) -> str:
+    """CT25-4.4: the display name shows the full name and the agency's name."""
+    full_name, agency_name = " ".join(full_name.split()), " ".join(agency_name.split())
+    return f"{full_name} - {agency_name}" if agency_name else full_name
+
+
+_SPECIALS = "!#%+-=?@^_"
+_ALPHABET = "".join(c for c in string.ascii_letters + string.digits if c not in "Il1O0o") + _SPECIALS
+
+
+def temporary_password(policy: PasswordSettings, length: int = 16) -> str:
+    """A random password that meets the site's composition rules (CT25-5.3), to be changed at first login."""
+    length = max(length, policy.min_length)
+    length = min(length, policy.max_length)
+    rng = secrets.SystemRandom()
+    while True:
+        pw = "".join(rng.choice(_ALPHABET) for _ in range(length))
+        if (any(c.isupper() for c in pw) and any(c.islower() for c in pw)
+                and any(c.isdigit() for c in pw) and any(c in _SPECIALS for c in pw)):
+            return pw
+
+
+def password_changes(account: Account, new_hash: str, *, history: int, must_change: bool,
+                     now: datetime | None = None) -> dict[str, Any]:
+    """The field changes that set a new hash: the old one joins the history (last ``history`` kept)."""
+    return {
+        "password_hash": new_hash,
+        "password_history": rotate_history(account.password_hash, account.password_history, history),
+        "password_changed_at": now or datetime.now(UTC),
+        "must_change": must_change,
+    }

@@ -1,0 +1,381 @@
+"""``congvu account …`` and ``congvu directory …`` on a real SQLite site (and LDAP for the migration)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from directory.hashing import Hasher
+from directory.sqlite_store import SCHEMA_VERSION, SqliteAccountStore
+from rules.lifecycle import AccountState
+from tests.integration.directory.conftest import Site, ldap_store
+
+REPO = Path(__file__).resolve().parents[3]
+FAST = Hasher("test")
+GB = 1024**3
+
+
+def add_minh(site: Site, *extra: str) -> dict[str, Any]:
+    r = site.run("account", "add", "nvminh@cantho.gov.vn", "--name", "Nguyễn  Văn Minh", "--agency", "sonv",
+                 "--type", "personal", "--title", "Chuyên viên", "--agency-name", "Sở Nội vụ", "--json", *extra)
+    assert r.code == 0, r.err
+    data: dict[str, Any] = json.loads(r.out)
+    return data
+
+
+def stored(site: Site, address: str) -> Any:
+    store = SqliteAccountStore(site.db)
+    try:
+        return store.get(address)
+    finally:
+        store.close()
+
+
+# --------------------------------------------------------------------------- account add / show / list
+
+
+def test_add_creates_account_with_display_name_and_temporary_password(site: Site) -> None:
+    """add stores every field, builds "Full Name - Agency" (CT25-4.4) and prints a working temporary password once."""
+    data = add_minh(site)
+    assert data["address"] == "nvminh@cantho.gov.vn"
+    assert data["display_name"] == "Nguyễn Văn Minh - Sở Nội vụ"
+    assert data["title"] == "Chuyên viên" and data["mailbox_type"] == "personal"
+    assert data["must_change"] is True and data["state"] == "must_change_password"  # CT25-5.2
+    assert data["quota"] == 5 * GB and data["quota_override"] is None
+    a = stored(site, "nvminh@cantho.gov.vn")
+    assert FAST.verify(data["temporary_password"], a.password_hash) == (True, None)
+    assert a.created_at is not None and a.created_at == a.password_changed_at
+
+
+def test_output_never_contains_the_hash(site: Site) -> None:
+    """Neither the table nor --json of add, show or list shows the password hash."""
+    add_minh(site)
+    a = stored(site, "nvminh@cantho.gov.vn")
+    outputs = [site.run("account", "show", "nvminh@cantho.gov.vn"),
+               site.run("account", "show", "nvminh", "--json"),
+               site.run("account", "list"), site.run("account", "list", "--json")]
+    for r in outputs:
+        assert r.code == 0, r.err
+        assert a.password_hash not in r.out and "$argon2" not in r.out
+    shown = json.loads(outputs[1].out)
+    assert "password_hash" not in shown and "password_history" not in shown
+    assert shown["password_set"] is True and shown["rehash_due"] is False
+
+
+def test_add_refusals_and_usage_errors(site: Site) -> None:
+    """Wrong domain or mailbox shape is refused (1), a bad local part or type is a usage error (2), a clash is 1."""
+    def add(address: str, kind: str = "personal", agency: str = "sonv") -> int:
+        return site.run("account", "add", address, "--name", "Lê Thị Lan", "--agency", agency, "--type", kind).code
+
+    r = site.run("account", "add", "ltlan@gmail.com", "--name", "Lê Thị Lan", "--agency", "sonv", "--type", "personal")
+    assert r.code == 1 and "CT25-2" in r.err and "cantho.gov.vn" in r.err
+    assert add("Lê.lan@cantho.gov.vn") == 2
+    assert add("lt..lan@cantho.gov.vn") == 2
+    assert add("ltlan@cantho.gov.vn", kind="boss") == 2
+    r = site.run("account", "add", "sonoivu@cantho.gov.vn", "--name", "Sở Nội vụ", "--agency", "sonv",
+                 "--type", "agency")
+    assert r.code == 1 and "CT25-4.1" in r.err
+    r = site.run("account", "add", "vanphong@cantho.gov.vn", "--name", "Văn phòng", "--agency", "sonv",
+                 "--type", "unit")
+    assert r.code == 1 and "CT25-4.2" in r.err
+    assert add("sonv@cantho.gov.vn", kind="agency") == 0
+    assert add("vanphong.sonv@cantho.gov.vn", kind="unit") == 0
+    assert add("ltlan@cantho.gov.vn") == 0
+    r = site.run("account", "add", "ltlan@cantho.gov.vn", "--name", "Lê Thị Lan", "--agency", "sonv",
+                 "--type", "personal")
+    assert r.code == 1 and "already" in r.err
+    r = site.run("account", "add", "ltlan2@cantho.gov.vn", "--name", "Lê Thị Lan", "--agency", "sonv",
+                 "--type", "personal", "--quota", "12GB")
+    assert r.code == 1 and "CT25-5.1" in r.err
+    assert site.run("account", "add", "x@cantho.gov.vn", "--agency", "sonv", "--type", "personal").code == 2
+
+
+def test_show_and_set_missing_account_exit_4(site: Site) -> None:
+    """show, set and passwd on an unknown address exit 4."""
+    site.run("directory", "init")
+    assert site.run("account", "show", "ghost@cantho.gov.vn").code == 4
+    assert site.run("account", "set", "ghost@cantho.gov.vn", "--must-change", "no").code == 4
+    assert site.run("account", "passwd", "ghost").code == 4
+
+
+def test_list_by_agency_and_state(site: Site) -> None:
+    """list --agency and --state filter; the table has one row per account."""
+    add_minh(site)
+    assert site.run("account", "add", "ltlan@cantho.gov.vn", "--name", "Lê Thị Lan", "--agency", "sotc",
+                    "--type", "personal").code == 0
+    r = site.run("account", "list", "--agency", "sonv", "--json")
+    assert [a["address"] for a in json.loads(r.out)] == ["nvminh@cantho.gov.vn"]
+    table = site.run("account", "list").out.splitlines()
+    assert len(table) == 4 and table[0].split()[:3] == ["address", "name", "type"]
+    site.run("account", "set", "ltlan", "--state", "locked", "--reason", "Cảnh báo an ninh")
+    r = site.run("account", "list", "--state", "locked", "--json")
+    assert [a["address"] for a in json.loads(r.out)] == ["ltlan@cantho.gov.vn"]
+
+
+# --------------------------------------------------------------------------- account set / passwd
+
+
+def test_set_fields(site: Site) -> None:
+    """set changes must_change, title, aliases and the state with its reason and author."""
+    add_minh(site)
+    r = site.run("account", "set", "nvminh@cantho.gov.vn", "--must-change", "no", "--title", "Phó Trưởng phòng",
+                 "--alias", "minh.nv", "--alias", "minh@cantho.gov.vn", "--json")
+    assert r.code == 0, r.err
+    data = json.loads(r.out)
+    assert data["must_change"] is False and data["title"] == "Phó Trưởng phòng"
+    assert data["aliases"] == ["minh.nv@cantho.gov.vn", "minh@cantho.gov.vn"]
+    assert stored(site, "minh@cantho.gov.vn").address == "nvminh@cantho.gov.vn"
+    r = site.run("account", "set", "nvminh", "--remove-alias", "minh", "--state", "locked",
+                 "--reason", "Vi phạm Điều 3", "--by", "hotro", "--json")
+    data = json.loads(r.out)
+    assert data["aliases"] == ["minh.nv@cantho.gov.vn"]
+    assert (data["state"], data["state_reason"], data["state_by"]) == ("locked", "Vi phạm Điều 3", "hotro")
+    locked = stored(site, "nvminh@cantho.gov.vn")
+    assert locked.state is AccountState.LOCKED and locked.state_changed_at is not None
+
+
+def test_state_changes_follow_the_lifecycle(site: Site) -> None:
+    """set --state goes through rules/lifecycle.py: lock and restore cite their articles; a cancel is final."""
+    add_minh(site)
+    r = site.run("account", "set", "nvminh", "--state", "locked", "--reason", "Cảnh báo an ninh")
+    assert r.code == 0 and "CT25-6.4a" in r.out
+    r = site.run("account", "passwd", "nvminh")
+    assert r.code == 1 and "restore" in r.err
+    r = site.run("account", "set", "nvminh", "--state", "active", "--reason", "Cơ quan đề nghị khôi phục")
+    assert r.code == 0 and "CT25-6.6" in r.out
+    assert site.run("account", "set", "nvminh", "--state", "cancelled", "--reason", "Nghỉ hưu").code == 0
+    r = site.run("account", "set", "nvminh", "--state", "active", "--reason", "nhầm")
+    assert r.code == 1 and "cancelled" in r.err
+    assert stored(site, "nvminh@cantho.gov.vn").state is AccountState.CANCELLED
+
+
+def test_set_usage_errors(site: Site) -> None:
+    """--state without --reason, an unknown state, or nothing to change are usage errors (2)."""
+    add_minh(site)
+    assert site.run("account", "set", "nvminh", "--state", "locked").code == 2
+    assert site.run("account", "set", "nvminh", "--state", "frozen", "--reason", "x").code == 2
+    assert site.run("account", "set", "nvminh").code == 2
+    assert site.run("account", "set", "nvminh", "--quota", "lots").code == 2
+    assert site.run("account", "set", "nvminh", "--must-change", "maybe").code == 2
+
+
+def test_set_quota_follows_the_type_limits(site: Site) -> None:
+    """A 12GB override is refused for a personal mailbox (CT25-5.1 ceiling 5GB) and allowed for an agency one."""
+    add_minh(site)
+    r = site.run("account", "set", "nvminh", "--quota", "12GB")
+    assert r.code == 1 and "CT25-5.1" in r.err and "5GB" in r.err
+    assert stored(site, "nvminh@cantho.gov.vn").quota_override is None
+    r = site.run("account", "set", "nvminh", "--type", "agency", "--quota", "12GB", "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["quota"] == 12 * GB
+    r = site.run("account", "set", "nvminh", "--type", "personal")
+    assert r.code == 1 and "CT25-5.1" in r.err
+    r = site.run("account", "set", "nvminh", "--quota", "default", "--json")
+    assert json.loads(r.out)["quota_override"] is None and json.loads(r.out)["quota"] == 10 * GB
+
+
+def test_delegates_only_on_shared_mailboxes(site: Site) -> None:
+    """A unit mailbox takes existing accounts as delegates; a personal one refuses (CT25-3.2); unknown ones are 4."""
+    add_minh(site)
+    assert site.run("account", "add", "vanphong.sonv@cantho.gov.vn", "--name", "Văn phòng Sở Nội vụ",
+                    "--agency", "sonv", "--type", "unit").code == 0
+    r = site.run("account", "set", "vanphong.sonv", "--delegate", "nvminh", "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["delegates"] == ["nvminh@cantho.gov.vn"]
+    assert site.run("account", "set", "vanphong.sonv", "--delegate", "ghost").code == 4
+    r = site.run("account", "set", "nvminh", "--delegate", "vanphong.sonv")
+    assert r.code == 1 and "CT25-3.2" in r.err
+    r = site.run("account", "set", "vanphong.sonv", "--type", "personal")
+    assert r.code == 1
+    r = site.run("account", "set", "vanphong.sonv", "--remove-delegate", "nvminh", "--json")
+    assert json.loads(r.out)["delegates"] == []
+
+
+def test_alias_taken_by_another_account_is_refused(site: Site) -> None:
+    """An alias that is another account's address exits 1 and changes nothing."""
+    add_minh(site)
+    assert site.run("account", "add", "ltlan@cantho.gov.vn", "--name", "Lê Thị Lan", "--agency", "sonv",
+                    "--type", "personal").code == 0
+    r = site.run("account", "set", "ltlan", "--alias", "nvminh")
+    assert r.code == 1 and "nvminh@cantho.gov.vn" in r.err
+    assert stored(site, "ltlan@cantho.gov.vn").aliases == ()
+    assert site.run("account", "set", "ltlan", "--alias", "minh@gmail.com").code == 1
+
+
+def test_passwd_sets_a_new_temporary_password_and_keeps_history(site: Site) -> None:
+    """passwd prints a new password once, sets must_change, and moves the old hash into the history."""
+    first = add_minh(site)["temporary_password"]
+    site.run("account", "set", "nvminh", "--must-change", "no")
+    before = stored(site, "nvminh@cantho.gov.vn")
+    r = site.run("account", "passwd", "nvminh@cantho.gov.vn")
+    assert r.code == 0, r.err
+    line = [ln for ln in r.out.splitlines() if "temporary password" in ln]
+    assert len(line) == 1
+    temp = line[0].rsplit(": ", 1)[1]
+    assert temp != first and len(temp) >= 16
+    after = stored(site, "nvminh@cantho.gov.vn")
+    assert after.must_change is True and after.state is AccountState.MUST_CHANGE_PASSWORD
+    assert FAST.verify(temp, after.password_hash)[0] and not FAST.verify(first, after.password_hash)[0]
+    assert after.password_history[0] == before.password_hash
+    assert FAST.matches_any(first, after.password_history)
+    assert after.password_changed_at >= before.password_changed_at
+
+
+def test_history_is_trimmed_to_the_configured_length(make_site: Callable[..., Site], tmp_path: Path) -> None:
+    """With [password] history = 2, only the last two replaced hashes are kept."""
+    site = make_site()
+    site.config.write_text(site.config.read_text() + "\n[password]\nhistory = 2\n", encoding="utf-8")
+    add_minh(site)
+    hashes = []
+    for _ in range(4):
+        hashes.append(stored(site, "nvminh@cantho.gov.vn").password_hash)
+        assert site.run("account", "passwd", "nvminh").code == 0
+    assert stored(site, "nvminh@cantho.gov.vn").password_history == (hashes[3], hashes[2])
+
+
+def test_cli_runs_as_a_real_process(site: Site) -> None:
+    """The module runs as a separate process with the documented exit codes."""
+    add_minh(site)
+    env = {**os.environ, "CONGVU_CONFIG": str(site.config)}
+    show = subprocess.run([sys.executable, "-m", "directory.cli", "account", "show", "nvminh", "--json"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert show.returncode == 0, show.stderr
+    assert json.loads(show.stdout)["full_name"] == "Nguyễn Văn Minh"
+    missing = subprocess.run([sys.executable, "-m", "directory.cli", "account", "show", "ghost"],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 4 and "ghost" in missing.stderr
+
+
+# --------------------------------------------------------------------------- directory init / export / import
+
+
+def test_directory_init_creates_the_schema(site: Site) -> None:
+    """init creates the SQLite file at the current schema version; running it again is harmless."""
+    r = site.run("directory", "init")
+    assert r.code == 0, r.err
+    assert site.db.exists() and f"schema version {SCHEMA_VERSION}" in r.out
+    assert site.run("directory", "init").code == 0
+    store = SqliteAccountStore(site.db)
+    assert store.schema_version() == SCHEMA_VERSION
+    store.close()
+
+
+def _populate(site: Site) -> None:
+    add_minh(site)
+    assert site.run("account", "add", "vanphong.sonv@cantho.gov.vn", "--name", "Văn phòng Sở Nội vụ",
+                    "--agency", "sonv", "--type", "unit", "--unit", "Văn phòng").code == 0
+    assert site.run("account", "set", "vanphong.sonv", "--delegate", "nvminh", "--alias", "vp.sonv",
+                    "--quota", "20GB").code == 0
+    assert site.run("account", "passwd", "nvminh").code == 0
+    assert site.run("account", "set", "nvminh", "--state", "suspended", "--reason", "Không đăng nhập: 3 tháng",
+                    "--by", "cron").code == 0
+    store = SqliteAccountStore(site.db)
+    legacy = "$6$rounds=1000$salt$" + "x" * 86
+    store.update("nvminh@cantho.gov.vn", last_login_at=stored(site, "nvminh@cantho.gov.vn").created_at,
+                 password_history=(*store.get("nvminh@cantho.gov.vn").password_history, legacy))  # type: ignore[union-attr]
+    store.close()
+
+
+def _all(site: Site) -> list[Any]:
+    store = SqliteAccountStore(site.db)
+    try:
+        return list(store.list())
+    finally:
+        store.close()
+
+
+def test_export_import_round_trips_in_both_formats(site: Site, make_site: Callable[..., Site],
+                                                  tmp_path: Path) -> None:
+    """CSV and LDIF carry every field (hashes, history, aliases, delegates, state, times) and re-export identically."""
+    _populate(site)
+    original = _all(site)
+    assert len(original) == 2
+    for fmt in ("csv", "ldif"):
+        dump = tmp_path / f"accounts.{fmt}"
+        r = site.run("directory", "export", "--format", fmt, str(dump))
+        assert r.code == 0, r.err
+        assert stat.S_IMODE(dump.stat().st_mode) == 0o600
+        target = make_site()
+        r = target.run("directory", "import", str(dump))
+        assert r.code == 0, r.err
+        assert "2 added" in r.out
+        assert _all(target) == original
+        again = tmp_path / f"again.{fmt}"
+        assert target.run("directory", "export", "--format", fmt, str(again)).code == 0
+        assert again.read_text(encoding="utf-8") == dump.read_text(encoding="utf-8")
+
+
+def test_import_refuses_existing_accounts_unless_replace(site: Site, tmp_path: Path) -> None:
+    """Importing over existing accounts changes nothing without --replace, and overwrites with it."""
+    _populate(site)
+    dump = tmp_path / "a.csv"
+    site.run("directory", "export", "--format", "csv", str(dump))
+    site.run("account", "set", "nvminh", "--title", "Giám đốc")
+    r = site.run("directory", "import", str(dump))
+    assert r.code == 1 and "nvminh@cantho.gov.vn" in r.err
+    assert stored(site, "nvminh@cantho.gov.vn").title == "Giám đốc"
+    r = site.run("directory", "import", "--replace", str(dump))
+    assert r.code == 0, r.err
+    assert "2 replaced" in r.out
+    assert stored(site, "nvminh@cantho.gov.vn").title == "Chuyên viên"
+
+
+def test_import_is_all_or_nothing(site: Site, tmp_path: Path) -> None:
+    """A record that fails half-way (alias clash) rolls back the records added before it."""
+    add_minh(site)
+    sheet = tmp_path / "new.csv"
+    sheet.write_text("address,full_name,mailbox_type,agency,aliases\n"
+                     "ltlan@cantho.gov.vn,Lê Thị Lan,personal,sotc,\n"
+                     "tvb@cantho.gov.vn,Trần Văn B,personal,sotc,nvminh@cantho.gov.vn\n", encoding="utf-8")
+    r = site.run("directory", "import", str(sheet))
+    assert r.code == 1 and "rolled back" in r.err
+    assert stored(site, "ltlan@cantho.gov.vn") is None
+    assert len(_all(site)) == 1
+
+
+def test_import_reports_the_bad_line(site: Site, tmp_path: Path) -> None:
+    """A malformed record is refused with its line, before anything is written."""
+    sheet = tmp_path / "bad.csv"
+    sheet.write_text("address,full_name,mailbox_type\nltlan@cantho.gov.vn,Lê Thị Lan,personal\n"
+                     "tvb@cantho.gov.vn,Trần Văn B,boss\n", encoding="utf-8")
+    r = site.run("directory", "import", str(sheet))
+    assert r.code == 1 and "line 3" in r.err and "mailbox_type" in r.err
+    ldif = tmp_path / "bad.ldif"
+    ldif.write_text("version: 1\n\ndn: mail=x@cantho.gov.vn,dc=x\nmail: x@cantho.gov.vn\ncn: X\n"
+                    "congvuMailboxType: personal\nfoo: bar\n", encoding="utf-8")
+    r = site.run("directory", "import", str(ldif))
+    assert r.code == 1 and "foo" in r.err
+    assert _all(site) == []
+
+
+def test_export_sqlite_then_import_into_ldap(site: Site, make_site: Callable[..., Site], tmp_path: Path,
+                                             slapd_server: Any) -> None:
+    """A site moves from embedded SQLite to LDAP with every account and hash intact, and back again."""
+    _populate(site)
+    original = _all(site)
+    dump = tmp_path / "move.ldif"
+    assert site.run("directory", "export", "--format", "ldif", str(dump)).code == 0
+    ldap_site = make_site(directory=slapd_server.directory_overrides())
+    assert ldap_site.run("directory", "init").code == 0
+    store = ldap_store(slapd_server)
+    try:
+        r = ldap_site.run("directory", "import", str(dump))
+        assert r.code == 0, r.err
+        for a in original:
+            assert store.get(a.address) == a
+        back = tmp_path / "back.csv"
+        assert ldap_site.run("directory", "export", "--format", "csv", str(back)).code == 0
+        home = make_site()
+        assert home.run("directory", "import", str(back)).code == 0
+        assert _all(home) == original
+    finally:
+        for a in original:
+            if store.get(a.address) is not None:
+                store.delete(a.address)
+        store.close()
