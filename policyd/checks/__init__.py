@@ -1,0 +1,30 @@
+"""The checks, in the one order they run: the first refusal wins.
+
+Security checks come first so a locked or impersonating sender is refused before any
+counting; the rate check comes last so a message refused for another reason is not
+counted against its sender.
+"""
+
+from __future__ import annotations
+
+from policyd.checks.account_state import AccountStateCheck
+from policyd.checks.base import Check, Context, Result
+from policyd.checks.forged_sender import ForgedSenderCheck
+from policyd.checks.rates import RatesCheck
+from policyd.checks.recipients import RecipientsCheck
+from policyd.checks.sender_login import SenderLoginCheck
+from policyd.checks.size import SizeCheck
+
+#: THE order.  Each entry's failure policy is ``[policyd] fail_<name>``.
+CHECKS: tuple[type[Check], ...] = (
+    AccountStateCheck,
+    SenderLoginCheck,
+    ForgedSenderCheck,
+    SizeCheck,
+    RecipientsCheck,
+    RatesCheck,
+)
+
+CHECK_NAMES: tuple[str, ...] = tuple(c.name for c in CHECKS)
+
+__all__ = ["CHECKS", "CHECK_NAMES", "Check", "Context", "Result"]

@@ -1,0 +1,176 @@
+"""Defer mail beyond the sending rates: per authenticated user (messages/hour, recipients/day) or per client IP."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+from datetime import timedelta
+
+from directory.model import Account, RateDecision, StateUnavailable
+from policyd.checks.base import Check, Context, Result, passed
+from policyd.protocol import PolicyRequest
+from rules.config import Config, MailboxType
+from rules.decision import Decision, Verdict
+
+HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One counter call the rate check needs: add ``amount`` to ``key`` if ``window`` stays ≤ ``limit``."""
+
+    key: str
+    amount: int
+    window: timedelta
+    limit: int
+    label: str
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """One sender's windows; 0 means unlimited."""
+
+    messages_per_hour: int
+    recipients_per_day: int
+    source: str
+
+
+def user_limits(cfg: Config, address: str, kind: MailboxType) -> Limits:
+    """The mailbox type's limits, replaced key by key by ``[policyd.rate_overrides]`` for this address.
+
+    This is the per-account override hook: a directory attribute can feed it later
+    without the check changing.
+    """
+    p = cfg.policyd
+    override = p.rate_overrides.get(address)
+    if override is None:
+        return Limits(p.messages_per_hour(kind), p.recipients_per_day(kind), f"{kind} mailbox defaults")
+    return Limits(override.get("messages_per_hour", p.messages_per_hour(kind)),
+                  override.get("recipients_per_day", p.recipients_per_day(kind)),
+                  f"rate_overrides[{address}]")
+
+
+def client_key(address: str, v6_prefix: int) -> str:
+    """IPv4 clients count alone; IPv6 clients by their /64 (or the configured prefix)."""
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address):
+        mapped = ip.ipv4_mapped
+        if mapped is not None:
+            return str(mapped)
+        return str(ipaddress.ip_network(f"{ip}/{v6_prefix}", strict=False))
+    return str(ip)
+
+
+class RatesCheck(Check):
+    """Sliding-window sending rates, counted once per message (``instance``) at DATA or END-OF-MESSAGE."""
+
+    name = "rates"
+    rule_id = "CT25-3.1"
+    states = frozenset({"DATA", "END-OF-MESSAGE"})
+
+    def _marker(self, req: PolicyRequest) -> str:
+        return f"{req.instance}|{req.sasl_username}|{req.client_address}" if req.instance else ""
+
+    def skip_reason(self, req: PolicyRequest, ctx: Context) -> str | None:
+        marker = self._marker(req)
+        if marker and marker in ctx.counted:
+            return f"message {req.instance} already counted"
+        if not req.authenticated:
+            p = ctx.cfg.policyd
+            if p.ip_messages_per_hour == 0:
+                return "ip_messages_per_hour = 0 (unlimited)"
+            if p.ip_rate_skip_mynetworks and ctx.in_mynetworks(req.client_address):
+                return f"client {req.client_address} is in mynetworks"
+            try:
+                ipaddress.ip_address(req.client_address)
+            except ValueError:
+                return f"client address {req.client_address!r} is not an IP address"
+        return None
+
+    def needs_io(self, req: PolicyRequest, ctx: Context) -> bool:
+        return True
+
+    def needs_directory(self, req: PolicyRequest, ctx: Context) -> bool:
+        """True if finding the sender's limits needs a directory call (a thread)."""
+        return req.authenticated and not ctx.accounts.cached(ctx.login(req))
+
+    def flow(self, req: PolicyRequest, ctx: Context) -> Generator[Call, RateDecision, Result]:
+        """The check as a coroutine: yields each counter call, receives its answer, returns the result.
+
+        :meth:`run` drives it with the blocking store (thread pool, ``explain``); the server
+        drives it with :class:`policyd.redis_native.NativeCounters` in the reactor.  Windows
+        are counted one after the other and the first one full stops the message.
+        """
+        now = ctx.clock()
+        marker = self._marker(req)
+        if req.authenticated:
+            login = ctx.login(req)
+            account: Account | None = ctx.accounts.get(login)
+            address = account.address if account is not None else login
+            lim = user_limits(ctx.cfg, address, account.mailbox_type if account is not None else "personal")
+            calls = [Call(f"policyd:msgs:{address}", 1, HOUR, lim.messages_per_hour, "messages per hour", now),
+                     Call(f"policyd:rcpts:{address}", max(1, req.recipient_count), DAY, lim.recipients_per_day,
+                          "recipients per day", now)]
+            who, source = address, lim.source
+        else:
+            net = client_key(req.client_address, ctx.cfg.policyd.ipv6_prefix)
+            calls = [Call(f"policyd:ip:{net}", 1, HOUR, ctx.cfg.policyd.ip_messages_per_hour,
+                          "messages per hour", now)]
+            who, source = f"client {net}", "ip_messages_per_hour"
+        notes = []
+        for call in calls:
+            if call.limit == 0:
+                notes.append(f"{call.label} unlimited")
+                continue
+            allowed, totals, retry = yield call
+            if not allowed:
+                if marker and not ctx.dry_run:
+                    ctx.counted.add(marker)
+                return Result(self._refusal(ctx, who, call.label, call.limit, retry, now),
+                              f"{who}: {call.label} would reach {totals[0] + call.amount} > {call.limit} ({source})")
+            notes.append(f"{call.label} {totals[0]}/{call.limit}" + (" (dry run: not counted)" if ctx.dry_run else ""))
+        if marker and not ctx.dry_run:
+            ctx.counted.add(marker)
+        return passed(f"{who} counted ({source}): {', '.join(notes)}")
+
+    def run(self, req: PolicyRequest, ctx: Context) -> Result:
+        counters = ctx.counters
+        if counters is None:
+            raise StateUnavailable(ctx.counters_reason or "counter store not opened")
+        flow = self.flow(req, ctx)
+        try:
+            call = next(flow)
+            while True:
+                if ctx.dry_run:  # explain: look, never count
+                    total = counters.peek(call.key, [call.window], call.now)[0]
+                    ok = total + call.amount <= call.limit
+                    answer = RateDecision(ok, (total,), None if ok else 0.0)
+                else:
+                    answer = counters.hit_if_below(call.key, call.amount, [(call.window, call.limit)], call.now)
+                call = flow.send(answer)
+        except StopIteration as done:
+            result: Result = done.value
+            return result
+
+    def _refusal(self, ctx: Context, who: str, label: str, limit: int, retry: float | None,
+                 now: float) -> Decision:
+        rid = ctx.cfg.origins["policyd.messages_per_hour_personal"].rule_id
+        label_vi = {"messages per hour": "thư mỗi giờ", "recipients per day": "người nhận mỗi ngày"}[label]
+        if retry is None or math.isinf(retry):
+            return Decision(
+                Verdict.REJECT, rid,
+                text_vi=f"Một thư không thể vượt mức {limit} {label_vi} của {who}",
+                text_en=f"One message cannot exceed the limit of {limit} {label} of {who}",
+                smtp_code=550, enhanced="5.7.1")
+        minutes = max(1, math.ceil(retry / 60))
+        at = time.strftime("%H:%M", time.localtime(now + retry))
+        return Decision(
+            Verdict.DEFER, rid,
+            text_vi=f"{who} đã đạt mức {limit} {label_vi}; hãy gửi lại sau {minutes} phút (lúc {at})",
+            text_en=f"{who} reached the limit of {limit} {label}; retry in {minutes} min (at {at})",
+            smtp_code=450, enhanced="4.7.1")

@@ -1,0 +1,46 @@
+"""An authenticated user may send only as their own address, an alias, or a shared mailbox delegated to them."""
+
+from __future__ import annotations
+
+from policyd.checks.base import Check, Context, Result, passed
+from policyd.lookup import normalise
+from policyd.protocol import PolicyRequest
+from rules.decision import Decision, Verdict
+
+
+class SenderLoginCheck(Check):
+    """The envelope sender of authenticated mail must belong to the login (own address, alias, delegation)."""
+
+    name = "sender_login"
+    rule_id = "CT25-3.2"
+    states = frozenset({"MAIL", "RCPT", "DATA", "END-OF-MESSAGE"})
+
+    def skip_reason(self, req: PolicyRequest, ctx: Context) -> str | None:
+        if not req.authenticated:
+            return "client did not authenticate (no sasl_username)"
+        if not req.sender:
+            return "null sender (a bounce): nothing to impersonate"
+        return None
+
+    def needs_io(self, req: PolicyRequest, ctx: Context) -> bool:
+        login = ctx.login(req)
+        sender = normalise(req.sender)
+        return not ctx.accounts.cached(login) or (sender != login and not ctx.accounts.cached(sender))
+
+    def run(self, req: PolicyRequest, ctx: Context) -> Result:
+        login = ctx.login(req)
+        sender = normalise(req.sender)
+        if sender == login:
+            return passed("sender is the login address")
+        account = ctx.accounts.get(login)
+        if account is not None:
+            if sender == account.address or sender in {normalise(a) for a in account.aliases}:
+                return passed(f"sender is an address of {account.address}")
+            owner = ctx.accounts.get(sender)
+            if owner is not None and account.address in {normalise(d) for d in owner.delegates}:
+                return passed(f"{owner.address} delegates sending to {account.address}")
+        return Result(Decision(
+            Verdict.REJECT, self.rule_id,
+            text_vi=f"Địa chỉ người gửi {sender} không thuộc tài khoản đăng nhập {login}",
+            text_en=f"Sender address {sender} is not owned by the login {login}",
+            smtp_code=553, enhanced="5.7.1"), "sender is not an address of the login")

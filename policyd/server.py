@@ -1,0 +1,443 @@
+"""The Twisted glue: endpoints, one thin protocol per connection, the thread pool, reload, /metrics.
+
+Per SMTPD_POLICY_README the server answers every request on a connection, in order,
+and keeps it open; on trouble (malformed or oversized input) it logs and closes without
+a reply, and Postfix retries.  A request whose checks need no I/O is answered inside the
+reactor; one that needs the directory or the counter store goes to a thread pool, and
+later requests on that connection wait for it so answers stay in order.  Timeouts are
+checked by one sweep a second over all connections rather than a timer per request.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IAddress, IListeningPort
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from directory.model import AccountStore, CounterStore, DirectoryUnavailable, RateDecision, StateUnavailable
+from policyd.checks.base import Context, CountedInstances, Result
+from policyd.checks.rates import Call, RatesCheck
+from policyd.engine import Engine, Evaluation, Pending
+from policyd.lookup import AccountLookup
+from policyd.protocol import PolicyParser, PolicyProtocolError, PolicyRequest, format_reply
+from policyd.redis_native import NativeCounters
+from policyd.stats import Stats
+from rules.config import Config
+
+log = Logger(namespace="congvu.policyd")
+
+#: Requests queued on one connection before we stop reading from it (pipelining clients).
+MAX_QUEUED = 64
+
+
+def open_stores(cfg: Config) -> tuple[AccountStore | None, str, CounterStore | None, str]:
+    """The directory (uncached: :class:`AccountLookup` caches) and the counter store.
+
+    A store that cannot be opened is None with the reason: the server still starts, size
+    checks keep working, and the checks that need the store apply their failure policy.
+    """
+    accounts: AccountStore | None = None
+    counters: CounterStore | None = None
+    a_reason = c_reason = ""
+    try:
+        from directory.accounts import open_store
+        accounts = open_store(cfg)
+    except Exception as e:
+        a_reason = f"directory ({cfg.directory.backend}) not opened: {e}"
+        log.error("policyd: {reason}; account checks apply their failure policy until a reload", reason=a_reason)
+    try:
+        from directory.counters import open_counters
+        counters = open_counters(cfg)
+    except Exception as e:
+        c_reason = f"counter store ({cfg.state.backend}) not opened: {e}"
+        log.error("policyd: {reason}; rate limits apply their failure policy until a reload", reason=c_reason)
+    return accounts, a_reason, counters, c_reason
+
+
+def _unix_path(endpoint: str) -> str | None:
+    """The socket path of a ``unix:PATH[:opts]`` endpoint (``\\:`` escapes a colon)."""
+    if not endpoint.startswith("unix:"):
+        return None
+    parts = re.split(r"(?<!\\):", endpoint[5:])
+    path = parts[0].replace("\\:", ":")
+    return path[5:] if path.startswith("path=") else path
+
+
+def describe(addr: IAddress) -> str:
+    host, port, name = getattr(addr, "host", None), getattr(addr, "port", None), getattr(addr, "name", None)
+    if host is not None:
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    if name is not None:
+        return name.decode() if isinstance(name, bytes) else str(name)
+    return str(addr)
+
+
+class PolicyProtocol(Protocol):
+    """One Postfix connection: parse, answer in order, close on trouble."""
+
+    def __init__(self, service: PolicyService) -> None:
+        self.service = service
+        p = service.cfg.policyd
+        self.parser = PolicyParser(p.max_request_bytes, p.max_line_bytes, p.max_attributes)
+        self.queue: deque[PolicyRequest] = deque()
+        self.busy = False
+        self.closing = False
+        self.paused = False
+        self.last_active = 0.0
+        self.partial_since: float | None = None
+        self.peer = "?"
+        #: ``self.transport`` as Any: zope interfaces do not type-check under mypy --strict.
+        self.t: Any = None
+
+    def connectionMade(self) -> None:
+        svc = self.service
+        svc.stats.connections_total += 1
+        self.t = self.transport
+        self.peer = describe(self.t.getPeer())
+        if len(svc.connections) >= svc.cfg.policyd.max_connections:
+            svc.stats.refused_connections += 1
+            log.warn("policyd: refusing connection from {peer}: max_connections = {n} reached",
+                     peer=self.peer, n=svc.cfg.policyd.max_connections)
+            self.closing = True
+            self.t.loseConnection()
+            return
+        svc.connections.add(self)
+        svc.stats.connections_open = len(svc.connections)
+        self.last_active = svc.reactor.seconds()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.closing = True
+        self.queue.clear()
+        self.service.connections.discard(self)
+        self.service.stats.connections_open = len(self.service.connections)
+
+    def close(self, why: str) -> None:
+        """Close without replying to what is pending (SMTPD_POLICY_README: trouble → no reply)."""
+        if self.closing:
+            return
+        self.closing = True
+        self.queue.clear()
+        log.warn("policyd: closing connection from {peer} without reply: {why}", peer=self.peer, why=why)
+        self.t.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closing:
+            return
+        now = self.service.reactor.seconds()
+        self.last_active = now
+        try:
+            requests = self.parser.feed(data)
+        except PolicyProtocolError as e:
+            self.service.stats.protocol_errors += 1
+            self.close(str(e))
+            return
+        if not self.parser.pending:
+            self.partial_since = None
+        elif requests or self.partial_since is None:
+            self.partial_since = now
+        if requests:
+            self.queue.extend(requests)
+            self._drain()
+
+    def _drain(self) -> None:
+        svc = self.service
+        while self.queue and not self.busy and not self.closing:
+            req = self.queue.popleft()
+            engine = svc.engine
+            try:
+                evaluation = engine.first_pass(req)
+                if isinstance(evaluation, Pending):
+                    self.busy = True
+                    self._pending(req, engine, evaluation)
+                    break
+            except Exception:
+                self._crashed(Failure())  # type: ignore[no-untyped-call]
+                return
+            self._reply(req, evaluation, engine)
+        if not self.paused and len(self.queue) > MAX_QUEUED:
+            self.paused = True
+            self.t.pauseProducing()
+        elif self.paused and not self.queue and not self.closing:
+            self.paused = False
+            self.t.resumeProducing()
+
+    def _pending(self, req: PolicyRequest, engine: Engine, pending: Pending) -> None:
+        """Finish a request that needs I/O: the rate check natively if it can, else in a thread."""
+        svc = self.service
+        check = pending.checks[0]
+        native = svc.native
+        d: defer.Deferred[Any]
+        if native is not None and isinstance(check, RatesCheck) and not check.needs_directory(req, engine.ctx):
+            svc.stats.native += 1
+            d = drive_native(check.flow(req, engine.ctx), native)
+            d.addBoth(lambda outcome: engine.settle(req, pending, outcome))
+        else:
+            svc.stats.threaded += 1
+            d = deferToThreadPool(svc.reactor, svc.pool, engine.finish, req, pending)
+        d.addCallbacks(self._threaded, self._crashed, callbackArgs=(req, engine))
+
+    def _threaded(self, evaluation: Evaluation | Pending, req: PolicyRequest, engine: Engine) -> None:
+        if isinstance(evaluation, Pending):  # settled natively, and a later check needs I/O too
+            self._pending(req, engine, evaluation)
+            return
+        self.busy = False
+        self._reply(req, evaluation, engine)
+        self._drain()
+
+    def _crashed(self, failure: Failure) -> None:
+        """A bug outside the checks' own error handling: no reply, Postfix retries (never a 5xx)."""
+        self.busy = False
+        log.failure("policyd: internal error; closing connection from {peer} without reply",
+                    failure, peer=self.peer)
+        self.close("internal error")
+
+    def _reply(self, req: PolicyRequest, ev: Evaluation, engine: Engine) -> None:
+        if self.closing:
+            return
+        self.t.write(format_reply(ev.action))
+        self.last_active = self.service.reactor.seconds()
+        self.service.record(req, ev, engine)
+
+
+def drive_native(flow: Generator[Call, RateDecision, Result], native: NativeCounters) -> defer.Deferred[Result]:
+    """Run the rate check's coroutine with Deferred counter calls, in the reactor."""
+    done: defer.Deferred[Result] = defer.Deferred()
+
+    def step(answer: RateDecision | None) -> None:
+        try:
+            call = next(flow) if answer is None else flow.send(answer)
+        except StopIteration as stop:
+            done.callback(stop.value)
+            return
+        except Exception:
+            done.errback()
+            return
+        d = native.hit_if_below(call.key, call.amount, [(call.window, call.limit)], call.now)
+        d.addCallbacks(step, fail)
+
+    def fail(f: Failure) -> None:
+        flow.close()
+        done.errback(f)
+
+    step(None)
+    return done
+
+
+class PolicyFactory(Factory):
+    noisy = False  # no "starting on"/"stopping" lines; policyd logs what it listens on itself
+
+    def __init__(self, service: PolicyService) -> None:
+        self.service = service
+
+    def buildProtocol(self, addr: IAddress | None) -> PolicyProtocol:
+        return PolicyProtocol(self.service)
+
+
+class _Metrics(Resource):
+    isLeaf = True
+
+    def __init__(self, service: PolicyService) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.service = service
+
+    def render_GET(self, request: Request) -> bytes:
+        ctype = b"text/plain; version=0.0.4; charset=utf-8"
+        request.setHeader(b"content-type", ctype)  # type: ignore[no-untyped-call]
+        return self.service.stats.render(c.name for c in self.service.engine.checks).encode()
+
+
+class _QuietSite(Site):
+    """The metrics site without an access log line per Prometheus scrape."""
+
+    noisy = False
+
+    def log(self, request: Any) -> None:
+        pass
+
+
+class PolicyService:
+    """The running policy server: its config, engine, ports, connections and counters."""
+
+    name = "policyd"
+
+    def __init__(self, cfg: Config, reactor: Any, *, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.cfg = cfg
+        self.reactor = reactor
+        self.clock, self.monotonic = clock, monotonic
+        self.stats = Stats()
+        self.counted = CountedInstances()
+        self.connections: set[PolicyProtocol] = set()
+        self.ports: list[IListeningPort] = []
+        #: "endpoint string → actual address" lines, for the operator and tests.
+        self.listening: list[str] = []
+        self.pool = ThreadPool(minthreads=1, maxthreads=cfg.policyd.threads, name="congvu-policyd")
+        #: Rate-limit counters from the reactor (Redis only); None = the blocking store in a thread.
+        self.native: NativeCounters | None = None
+        self.engine = self._build(cfg, None)
+        self._sweeper = LoopingCall(self._sweep)
+        self._sweeper.clock = reactor
+
+    # ------------------------------------------------------------------ engine
+
+    def _build(self, cfg: Config, old: Engine | None) -> Engine:
+        octx = old.ctx if old is not None else None
+        if octx is not None and octx.cfg.directory == cfg.directory and octx.cfg.state == cfg.state \
+                and octx.cfg.state_dir == cfg.state_dir:
+            store, a_reason = octx.accounts.store, octx.accounts.unavailable_reason
+            counters, c_reason = octx.counters, octx.counters_reason
+            if store is None or counters is None:  # a reload retries what failed to open
+                s2, a2, c2, cr2 = open_stores(cfg)
+                if store is None:
+                    store, a_reason = s2, a2
+                elif s2 is not None:
+                    s2.close()
+                if counters is None:
+                    counters, c_reason = c2, cr2
+                elif c2 is not None:
+                    c2.close()
+        else:
+            store, a_reason, counters, c_reason = open_stores(cfg)
+        if octx is None or octx.cfg.state != cfg.state or self.native is None:
+            if self.native is not None:
+                self.native.close()
+            self.native = NativeCounters(cfg, self.reactor) if NativeCounters.supported(cfg) else None
+        lookup = AccountLookup(store, ttl=cfg.directory.cache_ttl.total_seconds(), size=cfg.directory.cache_size,
+                               clock=self.monotonic, unavailable_reason=a_reason)
+        ctx = Context(cfg=cfg, accounts=lookup, counters=counters, clock=self.clock, counted=self.counted,
+                      counters_reason=c_reason)
+        return Engine(ctx, cfg.policyd.disabled_checks)
+
+    def record(self, req: PolicyRequest, ev: Evaluation, engine: Engine) -> None:
+        """Count and log one answer (reactor thread only)."""
+        st = self.stats
+        st.requests += 1
+        st.decisions[(ev.check, ev.verdict)] += 1
+        p = engine.ctx.cfg.policyd
+        for check, failure in ev.failures:
+            policy = p.failure(check)
+            st.failures[(check, policy)] += 1
+            if failure.check(DirectoryUnavailable, StateUnavailable):  # type: ignore[no-untyped-call]
+                log.warn("policyd: check {check} unavailable ({err}); fail_{check} = {policy}",
+                         check=check, err=failure.getErrorMessage(), policy=policy)
+            else:
+                log.failure("policyd: check {check} failed; fail_{check} = {policy}", failure,
+                            check=check, policy=policy)
+        if ev.verdict == "dunno" and p.log_decisions == "blocks":
+            return
+        # Formatted here with one f-string: Twisted's format-string path costs more than the check.
+        line = (f"policyd: queue_id={req.queue_id or '-'} instance={req.instance or '-'} "
+                f"sasl_username={req.sasl_username or '-'} sender=<{req.sender}> "
+                f"client={req.client_address or '-'} state={req.protocol_state} check={ev.check or '-'} "
+                f"id={ev.rule_id or '-'} action={ev.action!r}")
+        log.info("{congvu_line}", congvu_line=line, check=ev.check, rule_id=ev.rule_id, citation=ev.citation,
+                 action=ev.action, queue_id=req.queue_id, instance=req.instance)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @defer.inlineCallbacks
+    def start(self) -> Any:
+        """Listen on every endpoint; fires with self, or fails (having closed what it opened)."""
+        self.pool.start()
+        p = self.cfg.policyd
+        try:
+            for endpoint in p.listen:
+                port = yield self._listen(endpoint, PolicyFactory(self))
+                self.listening.append(f"{endpoint} ({describe(port.getHost())})")
+            for endpoint in p.stats_listen:
+                site: Any = _QuietSite(_Metrics(self))  # type: ignore[no-untyped-call]
+                port = yield self._listen(endpoint, site)
+                self.listening.append(f"{endpoint} ({describe(port.getHost())}, /metrics)")
+        except Exception:
+            yield self.stop()
+            raise
+        interval = max(0.05, min(1.0, p.request_timeout.total_seconds() / 4, p.idle_timeout.total_seconds() / 4))
+        self._sweeper.start(interval, now=False)
+        log.info("policyd: checks in order: {checks}", checks=", ".join(c.name for c in self.engine.checks))
+        return self
+
+    @defer.inlineCallbacks
+    def _listen(self, endpoint: str, factory: Factory) -> Any:
+        path = _unix_path(endpoint)
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        port = yield serverFromString(self.reactor, endpoint).listen(factory)  # type: ignore[no-untyped-call]
+        self.ports.append(port)
+        return port
+
+    @defer.inlineCallbacks
+    def stop(self) -> Any:
+        if self._sweeper.running:
+            self._sweeper.stop()
+        ports: list[Any] = self.ports
+        self.ports = []
+        yield defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports], consumeErrors=True)
+        for conn in list(self.connections):
+            if conn.t is not None:
+                conn.t.loseConnection()
+        if self.pool.started:
+            self.pool.stop()
+        self.engine.ctx.accounts.close()
+        if self.native is not None:
+            self.native.close()
+        if self.engine.ctx.counters is not None:
+            self.engine.ctx.counters.close()
+
+    def reload(self, cfg: Config) -> None:
+        """Switch to a new, already validated config; listen changes need a restart."""
+        old = self.engine
+        try:
+            engine = self._build(cfg, old)
+        except Exception as e:
+            self.stats.reloads_failed += 1
+            log.error("policyd: reload refused ({err}); keeping the running configuration", err=str(e))
+            return
+        if (cfg.policyd.listen, cfg.policyd.stats_listen) != (self.cfg.policyd.listen, self.cfg.policyd.stats_listen):
+            log.warn("policyd: listen/stats_listen changed; they take effect at the next restart")
+        self.cfg, self.engine = cfg, engine
+        self.stats.reloads_ok += 1
+        octx, nctx = old.ctx, engine.ctx
+        stale: list[Any] = []
+        if octx.accounts.store is not None and octx.accounts.store is not nctx.accounts.store:
+            stale.append(octx.accounts.store)
+        if octx.counters is not None and octx.counters is not nctx.counters:
+            stale.append(octx.counters)
+        if stale:  # threads may still be using them: close a little later
+            self.reactor.callLater(30, lambda: [s.close() for s in stale])
+        log.info("policyd: configuration reloaded from {path} (profile {profile}); checks: {checks}",
+                 path=cfg.path, profile=cfg.profile.name, checks=", ".join(c.name for c in engine.checks))
+
+    def _sweep(self) -> None:
+        now = self.reactor.seconds()
+        p = self.cfg.policyd
+        req_t, idle_t = p.request_timeout.total_seconds(), p.idle_timeout.total_seconds()
+        for conn in list(self.connections):
+            if conn.closing:
+                continue
+            if conn.partial_since is not None and now - conn.partial_since > req_t:
+                self.stats.timeouts += 1
+                conn.close(f"request unfinished after {req_t:g}s (request_timeout)")
+            elif not conn.busy and not conn.queue and conn.partial_since is None and now - conn.last_active > idle_t:
+                self.stats.timeouts += 1
+                conn.close(f"idle for {idle_t:g}s (idle_timeout)")
+
+
+def start(cfg: Config, reactor: Any) -> defer.Deferred[PolicyService]:
+    """Service starter for ``congvu serve`` / ``congvu policyd``: listening when the Deferred fires."""
+    d: defer.Deferred[PolicyService] = PolicyService(cfg, reactor).start()
+    return d

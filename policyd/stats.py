@@ -1,0 +1,87 @@
+"""Decision counters per check, rendered as Prometheus text (``/metrics``) for ``congvu policyd stats``.
+
+Counters live in the reactor thread only (the server updates them after each answer),
+so they need no lock.  They reset when the process restarts, as Prometheus expects.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+
+
+class Stats:
+    def __init__(self) -> None:
+        #: (check, verdict) → answers; check "" = no check objected (DUNNO).
+        self.decisions: Counter[tuple[str, str]] = Counter()
+        #: (check, failure policy applied) → checks that raised
+        self.failures: Counter[tuple[str, str]] = Counter()
+        self.requests = 0
+        self.threaded = 0
+        self.native = 0
+        self.protocol_errors = 0
+        self.timeouts = 0
+        self.refused_connections = 0
+        self.connections_total = 0
+        self.connections_open = 0
+        self.reloads_ok = 0
+        self.reloads_failed = 0
+
+    def render(self, checks: Iterable[str]) -> str:
+        """The Prometheus text exposition format (version 0.0.4)."""
+        out: list[str] = []
+
+        def metric(name: str, kind: str, doc: str, rows: Iterable[tuple[Mapping[str, str], int]]) -> None:
+            out.append(f"# HELP congvu_policyd_{name} {doc}")
+            out.append(f"# TYPE congvu_policyd_{name} {kind}")
+            for labels, value in rows:
+                lab = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+                out.append(f"congvu_policyd_{name}{{{lab}}} {value}" if lab else f"congvu_policyd_{name} {value}")
+
+        names = list(checks)
+        metric("decisions_total", "counter", "Answers by deciding check (none = DUNNO) and verdict.",
+               [({"check": c or "none", "verdict": v}, n) for (c, v), n in sorted(self.decisions.items())])
+        metric("check_failures_total", "counter", "Checks that raised, by failure policy applied.",
+               [({"check": c, "policy": p}, n) for (c, p), n in sorted(self.failures.items())])
+        metric("requests_total", "counter", "Policy requests answered.", [({}, self.requests)])
+        metric("threaded_requests_total", "counter", "Requests that needed the directory or counter store.",
+               [({}, self.threaded)])
+        metric("native_counter_requests_total", "counter", "Requests whose rate check ran on the native Redis path.",
+               [({}, self.native)])
+        metric("protocol_errors_total", "counter", "Connections closed for malformed or oversized input.",
+               [({}, self.protocol_errors)])
+        metric("timeouts_total", "counter", "Connections closed idle or with an unfinished request.",
+               [({}, self.timeouts)])
+        metric("refused_connections_total", "counter", "Connections closed at once (max_connections).",
+               [({}, self.refused_connections)])
+        metric("connections_total", "counter", "Connections accepted.", [({}, self.connections_total)])
+        metric("connections_open", "gauge", "Connections open now.", [({}, self.connections_open)])
+        metric("reloads_total", "counter", "SIGHUP reloads by result.",
+               [({"result": "ok"}, self.reloads_ok), ({"result": "failed"}, self.reloads_failed)])
+        metric("check_enabled", "gauge", "1 for each check in the running order.",
+               [({"check": c}, 1) for c in names])
+        return "\n".join(out) + "\n"
+
+
+def _escape(v: str) -> str:
+    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """Read back the exposition format (for ``congvu policyd stats``): (name, labels, value)."""
+    rows = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        name, _, rest = head.partition("{")
+        labels: dict[str, str] = {}
+        if rest:
+            for part in rest.rstrip("}").split('",'):
+                k, _, v = part.partition('="')
+                labels[k] = v.rstrip('"')
+        try:
+            rows.append((name, labels, float(value)))
+        except ValueError:
+            continue
+    return rows

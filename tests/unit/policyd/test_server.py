@@ -1,0 +1,112 @@
+"""The Twisted protocol and service, on an in-memory transport and clock (no sockets, no threads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from policyd.server import PolicyProtocol, PolicyService, _unix_path
+from policyd.stats import parse_metrics
+from rules.config import config_from_mapping
+from rules.units import MB
+
+RCPT_BIG = (b"request=smtpd_access_policy\nprotocol_state=RCPT\nsender=a@example.com\nclient_address=1.2.3.4\n"
+            b"size=%d\n\n")
+
+
+def _service(tmp_path: Path, **policyd: Any) -> PolicyService:
+    cfg = config_from_mapping({"state_dir": str(tmp_path), "policyd": {"stats_listen": [], **policyd}})
+    return PolicyService(cfg, MemoryReactorClock())
+
+
+def _connect(svc: PolicyService) -> tuple[PolicyProtocol, StringTransport]:
+    proto = PolicyProtocol(svc)
+    tr = StringTransport()
+    proto.makeConnection(tr)
+    return proto, tr
+
+
+@pytest.fixture
+def svc(tmp_path: Path) -> Any:
+    s = _service(tmp_path, request_timeout="5s", idle_timeout="60s", max_connections=2)
+    yield s
+    s.engine.ctx.accounts.close()
+
+
+def test_answers_every_request_in_order_and_keeps_the_connection(svc: PolicyService) -> None:
+    """Pipelined requests get one reply each, in order; the connection stays open for the next."""
+    proto, tr = _connect(svc)
+    proto.dataReceived(RCPT_BIG % (100 * MB) + RCPT_BIG % 1000 + (RCPT_BIG % (50 * MB))[:20])
+    replies = tr.value().split(b"\n\n")
+    assert replies[0].startswith(b"action=552 5.3.4 ") and replies[1] == b"action=DUNNO" and replies[2] == b""
+    proto.dataReceived((RCPT_BIG % (50 * MB))[20:])
+    assert tr.value().count(b"action=") == 3 and not tr.disconnecting
+    assert svc.stats.requests == 3 and svc.stats.decisions[("size", "reject")] == 2
+
+
+def test_malformed_input_closes_without_a_reply(svc: PolicyService) -> None:
+    """The README's rule for trouble: log, no reply, disconnect (Postfix retries)."""
+    proto, tr = _connect(svc)
+    proto.dataReceived(b"request=smtpd_access_policy\nsender=a\x00b\n\n" + RCPT_BIG % 1)
+    assert tr.value() == b"" and tr.disconnecting and svc.stats.protocol_errors == 1
+    proto.dataReceived(RCPT_BIG % 1)  # whatever still arrives is ignored
+    assert tr.value() == b""
+
+
+def test_unfinished_request_and_idle_connections_time_out(svc: PolicyService) -> None:
+    """A request not finished within request_timeout (slowloris) and an idle connection are closed."""
+    reactor = svc.reactor
+    slow, slow_tr = _connect(svc)
+    idle, idle_tr = _connect(svc)
+    idle.dataReceived(RCPT_BIG % 1)
+    for _ in range(5):
+        reactor.advance(1.5)
+        slow.dataReceived(b"x")  # one byte at a time keeps it "active" but never finishes
+        svc._sweep()
+    assert slow_tr.disconnecting and not idle_tr.disconnecting
+    reactor.advance(61)
+    svc._sweep()
+    assert idle_tr.disconnecting and svc.stats.timeouts == 2
+
+
+def test_max_connections_closes_the_extra_connection(svc: PolicyService) -> None:
+    """Beyond max_connections a new connection is closed at once; the others keep working."""
+    conns = [_connect(svc) for _ in range(3)]
+    assert [tr.disconnecting for _, tr in conns] == [False, False, True]
+    assert svc.stats.refused_connections == 1
+    conns[0][0].dataReceived(RCPT_BIG % 1)
+    assert conns[0][1].value() == b"action=DUNNO\n\n"
+
+
+def test_reload_switches_config_for_the_next_request(tmp_path: Path, svc: PolicyService) -> None:
+    """After reload(cfg) the same open connection is judged by the new profile (TH13-9: 10 MB attachments)."""
+    proto, tr = _connect(svc)
+    proto.dataReceived(RCPT_BIG % (16 * MB))
+    assert tr.value() == b"action=DUNNO\n\n"
+    svc.reload(config_from_mapping({"state_dir": str(tmp_path), "profile": "thanhhoa-2013",
+                                    "policyd": {"stats_listen": []}}))
+    tr.clear()
+    proto.dataReceived(RCPT_BIG % (16 * MB))
+    assert tr.value().startswith(b"action=552 5.3.4 ") and b"TH13-9" in tr.value()
+    assert svc.stats.reloads_ok == 1
+
+
+def test_metrics_count_decisions_per_check(svc: PolicyService) -> None:
+    """The Prometheus text has one counter per (check, verdict) and reads back with parse_metrics."""
+    proto, _ = _connect(svc)
+    proto.dataReceived(RCPT_BIG % (100 * MB) + RCPT_BIG % 1)
+    rows = parse_metrics(svc.stats.render(c.name for c in svc.engine.checks))
+    got = {(lab["check"], lab["verdict"]): v for n, lab, v in rows if n == "congvu_policyd_decisions_total"}
+    assert got == {("size", "reject"): 1, ("none", "dunno"): 1}
+    assert ("congvu_policyd_connections_open", {}, 1.0) in rows
+
+
+def test_unix_endpoint_path() -> None:
+    """The socket path is read from unix: endpoints (with escaped colons); others have none."""
+    assert _unix_path("unix:/var/spool/postfix/private/congvu-policy:mode=660") == \
+        "/var/spool/postfix/private/congvu-policy"
+    assert _unix_path(r"unix:/tmp/a\:b.sock:lockfile=0") == "/tmp/a:b.sock"
+    assert _unix_path("tcp:10040:interface=127.0.0.1") is None
