@@ -52,12 +52,6 @@ def hasher_for(cfg: Config) -> Hasher:
     return Hasher(cfg.directory.hash_cost)
 
 
-def display_name(full_name: str, agency_name: str) -> str:
-    """CT25-4.4: the display name shows the full name and the agency's name."""
-    full_name, agency_name = " ".join(full_name.split()), " ".join(agency_name.split())
-    return f"{full_name} - {agency_name}" if agency_name else full_name
-
-
 _SPECIALS = "!#%+-=?@^_"
 _ALPHABET = "".join(c for c in string.ascii_letters + string.digits if c not in "Il1O0o") + _SPECIALS
 

@@ -12,6 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from directory.model import AccountNotFound, DirectoryError, DirectoryUnavailable, StateUnavailable
 from directory.output import Output
 from rules.config import Config, ConfigError, load_config, resolve_path
 
@@ -20,6 +21,13 @@ EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_MANUAL, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
 #: Modules exposing ``register(subparsers)``; each adds its subcommands.
 COMMAND_MODULES: tuple[str, ...] = (
     "directory.cmd_config",
+    "directory.cmd_password",
+    "directory.cmd_address",
+    "directory.cmd_account",
+    "directory.cmd_directory",
+    "authhooks.cmd",
+    "policyd.cmd",
+    "directory.cmd_serve",
 )
 
 
@@ -66,10 +74,23 @@ def main(argv: Sequence[str] | None = None, out: Output | None = None) -> int:
     except ConfigError as e:
         out.error(f"congvu: config error: {e}")
         return EXIT_REFUSED
+    except AccountNotFound as e:
+        out.error(f"not found: {e}")
+        return EXIT_NOT_FOUND
+    except (DirectoryUnavailable, StateUnavailable) as e:  # the message names the file or server
+        out.error(f"congvu: {'directory' if isinstance(e, DirectoryError) else 'state store'} unavailable: {e}")
+        return EXIT_REFUSED
+    except DirectoryError as e:
+        out.error(f"congvu: directory error: {e}")
+        return EXIT_REFUSED
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `congvu config show | head`
         return EXIT_OK
+    except OSError as e:  # permission denied, disk full: the operator's to fix, in one line
+        where = f"{e.filename}: " if e.filename else ""
+        out.error(f"congvu: {where}{e.strerror or e}")
+        return EXIT_REFUSED
 
 
 if __name__ == "__main__":

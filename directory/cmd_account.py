@@ -15,18 +15,19 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from directory.cli import EXIT_NOT_FOUND, EXIT_OK, EXIT_REFUSED, UsageError, add_config_args, config_for
+from directory.cli import EXIT_OK, EXIT_REFUSED, UsageError, add_config_args, config_for
 from directory.model import Account, AccountExists, AccountNotFound, AccountStore, DirectoryError
 from directory.output import Output
 from rules.config import MAILBOX_TYPES, Config, MailboxType
 from rules.lifecycle import AccountState, Event, InvalidTransition, Transition, apply, initial_state
+from rules.limits import effective_quota
 from rules.requirements import citation
 from rules.units import UnitError, format_size, parse_size
 
 if TYPE_CHECKING:
     from directory.hashing import Hasher
 
-# passlib, zxcvbn and the stores load inside the commands, so `congvu config check` stays fast.
+# passlib, zxcvbn, Twisted (rules.names) and the stores load inside the commands, so `congvu config check` stays fast.
 
 _LOCAL = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 
@@ -101,30 +102,26 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _guard(fn: Callable[[argparse.Namespace, Output, Config, AccountStore], int]
            ) -> Callable[[argparse.Namespace, Output], int]:
-    """Open the store, run the command, turn typed errors into exit codes and one line each."""
+    """Open the store, run the command, close the store; a refusal or a clash is exit 1 with one line.
+
+    Outages and AccountNotFound (exit 4) reach directory.cli.main, which prints the one line.
+    """
 
     def run(args: argparse.Namespace, out: Output) -> int:
         from directory.accounts import open_store
 
         cfg = config_for(args)
-        try:
-            store = open_store(cfg)
-        except DirectoryError as e:
-            out.error(f"congvu: directory unavailable: {e}")
-            return EXIT_REFUSED
+        store = open_store(cfg)  # DirectoryError, AccountNotFound: one line from directory.cli.main
         try:
             return fn(args, out, cfg, store)
         except Refused as e:
             out.error(f"refused: {e}")
             return EXIT_REFUSED
-        except AccountNotFound as e:
-            out.error(f"not found: {e}")
-            return EXIT_NOT_FOUND
         except AccountExists as e:
-            out.error(f"refused: {e} is already an address or alias (CT25-4.1: {citation('CT25-4.1')})")
-            return EXIT_REFUSED
-        except DirectoryError as e:
-            out.error(f"congvu: directory error: {e}")
+            from rules.names import naming_rule
+
+            rid = naming_rule(cfg, "clash")
+            out.error(f"refused: {e} is already an address or alias ({rid}: {citation(rid)})")
             return EXIT_REFUSED
         finally:
             store.close()
@@ -154,18 +151,23 @@ def full_address(cfg: Config, text: str) -> str:
 
 
 def _check_shape(cfg: Config, local: str, kind: MailboxType, agency: str, unit: str) -> None:
-    """The address must have the form the scheme gives its mailbox type (CT25-4.1, CT25-4.2, TH13-3)."""
+    """The address must have the form the scheme gives its mailbox type (CT25-4.1, CT25-4.2, TH13-3).
+
+    CT15-4.2b lets a unit mailbox be named on request (``vpubndninhkieu``), so only CT25
+    and TH13 insist on ``[unit].[agency]``.
+    """
+    from rules.names import naming_rule
+
     agency = agency.lower()
     scheme = cfg.naming.scheme
     if kind == "agency" and local != agency:
-        rid = "TH13-3.2" if scheme == "th13" else "CT25-4.1"
-        raise Refused(rid, f"an agency mailbox is named after the agency's abbreviation: expected {agency}, "
-                           f"got {local}")
+        raise Refused(naming_rule(cfg, "agency"), f"an agency mailbox is named after the agency's abbreviation: "
+                                                  f"expected {agency}, got {local}")
     if kind == "unit" and scheme in ("ct25", "th13") and not local.endswith(f".{agency}"):
-        rid = "TH13-3.2" if scheme == "th13" else "CT25-4.2"
-        raise Refused(rid, f"a unit mailbox is [unit].[agency]: expected {unit or 'unit'}.{agency}, got {local}")
+        raise Refused(naming_rule(cfg, "unit"), f"a unit mailbox is [unit].[agency]: expected "
+                                                f"{unit or 'unit'}.{agency}, got {local}")
     if kind == "personal" and scheme == "th13" and not local.endswith(f".{agency}"):
-        raise Refused("TH13-3.3", f"a personal mailbox ends with .{agency}: got {local}")
+        raise Refused(naming_rule(cfg, "base"), f"a personal mailbox ends with .{agency}: got {local}")
 
 
 def _quota(cfg: Config, kind: MailboxType, text: str | None) -> int | None:
@@ -176,14 +178,20 @@ def _quota(cfg: Config, kind: MailboxType, text: str | None) -> int | None:
         q = parse_size(text)
     except UnitError as e:
         raise UsageError(f"--quota: {e}") from None
-    lo, hi = cfg.mailbox.min_quota(kind), cfg.mailbox.max_quota(kind)
-    if q < lo:
-        raise Refused(_rid(cfg, f"mailbox.min_quota_{kind}"),
-                      f"{format_size(q)} is below the {kind} mailbox floor of {format_size(lo)}")
-    if hi is not None and q > hi:
-        raise Refused(_rid(cfg, f"mailbox.max_quota_{kind}"),
-                      f"{format_size(q)} is above the {kind} mailbox ceiling of {format_size(hi)}")
+    check = effective_quota(cfg.mailbox, kind, q, _rid(cfg, f"mailbox.quota_{kind}"))
+    if check.refusal is not None:
+        raise Refused(check.refusal.rule_id, check.refusal.text_en)
     return q
+
+
+def _full_name(text: str) -> str:
+    """NFC, single spaces, without the ``|`` that marks a compound family name for ``address suggest``."""
+    from rules.names import clean_text
+
+    name = clean_text(text.replace("|", " "))
+    if not name:
+        raise UsageError("--name must not be empty")
+    return name
 
 
 def lookup_key(cfg: Config, text: str) -> str:
@@ -269,14 +277,13 @@ def _now() -> datetime:
 
 
 def _add(args: argparse.Namespace, out: Output, cfg: Config, store: AccountStore) -> int:
-    from directory.accounts import display_name, hasher_for, temporary_password
+    from directory.accounts import hasher_for, temporary_password
+    from rules.names import display_name
 
     address = full_address(cfg, args.address)
     local, _, domain = address.rpartition("@")
     kind: MailboxType = args.mailbox_type
-    name = " ".join(args.name.split())
-    if not name:
-        raise UsageError("--name must not be empty")
+    name = _full_name(args.name)
     _check_shape(cfg, local, kind, args.agency, args.unit)
     quota = _quota(cfg, kind, args.quota)
     hasher = hasher_for(cfg)
@@ -285,7 +292,7 @@ def _add(args: argparse.Namespace, out: Output, cfg: Config, store: AccountStore
     account = Account(
         local_part=local, domain=domain, full_name=name, mailbox_type=kind, agency=args.agency.lower(),
         unit=args.unit, title=args.title,
-        display_name=args.display_name or display_name(name, args.agency_name or args.agency),
+        display_name=args.display_name or display_name(name, args.agency_name or args.agency, cfg).text,
         password_hash=hasher.hash(temp), state=initial_state(cfg.password.must_change_on_create).new,
         created_at=now,
         password_changed_at=now, must_change=cfg.password.must_change_on_create, quota_override=quota)
@@ -297,12 +304,19 @@ def _add(args: argparse.Namespace, out: Output, cfg: Config, store: AccountStore
     return EXIT_OK
 
 
+def _get(cfg: Config, store: AccountStore, text: str) -> Account:
+    """The account the operator named, or AccountNotFound (exit 4) naming the full address."""
+    key = lookup_key(cfg, text)
+    a = store.get(key)
+    if a is None:
+        raise AccountNotFound(key)
+    return a
+
+
 def _show(args: argparse.Namespace, out: Output, cfg: Config, store: AccountStore) -> int:
     from directory.accounts import hasher_for
 
-    a = store.get(lookup_key(cfg, args.address))
-    if a is None:
-        raise AccountNotFound(args.address)
+    a = _get(cfg, store, args.address)
     _show_account(out, cfg, a, hasher_for(cfg), args.json)
     return EXIT_OK
 
@@ -325,12 +339,10 @@ def _list(args: argparse.Namespace, out: Output, cfg: Config, store: AccountStor
 def _set(args: argparse.Namespace, out: Output, cfg: Config, store: AccountStore) -> int:
     from directory.accounts import hasher_for
 
-    a = store.get(lookup_key(cfg, args.address))
-    if a is None:
-        raise AccountNotFound(args.address)
+    a = _get(cfg, store, args.address)
     changes: dict[str, Any] = {}
     if args.name is not None:
-        changes["full_name"] = " ".join(args.name.split())
+        changes["full_name"] = _full_name(args.name)
     for opt, fld in (("display_name", "display_name"), ("agency", "agency"), ("unit", "unit"),
                      ("title", "title")):
         if getattr(args, opt) is not None:
@@ -383,9 +395,7 @@ def _set(args: argparse.Namespace, out: Output, cfg: Config, store: AccountStore
 def _passwd(args: argparse.Namespace, out: Output, cfg: Config, store: AccountStore) -> int:
     from directory.accounts import hasher_for, password_changes, temporary_password
 
-    a = store.get(lookup_key(cfg, args.address))
-    if a is None:
-        raise AccountNotFound(args.address)
+    a = _get(cfg, store, args.address)
     try:
         transition = apply(AccountState(a.state), Event.PASSWORD_RESET)
     except InvalidTransition as e:

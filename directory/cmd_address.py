@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import argparse
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from directory.cli import EXIT_MANUAL, EXIT_OK, EXIT_REFUSED, UsageError, add_config_args, config_for
 from directory.output import Output
 from rules.config import Config
+
+if TYPE_CHECKING:
+    from rules.names import AddressSuggestion, NamingError
 
 _SUGGEST_EPILOG = """\
 ranks (CT25-4.3b: on the same day the higher rank keeps the plain form):
@@ -85,23 +88,18 @@ def _taken(args: argparse.Namespace) -> list[str]:
     return [t.strip() for item in args.taken for t in item.split(",") if t.strip()]
 
 
-def _usage(e: Exception, cfg: Config) -> UsageError:
-    from rules.names import NamingError
-
-    if isinstance(e, NamingError):
-        text = {"vi": e.reason_vi, "en": e.reason_en}.get(cfg.language, f"{e.reason_vi} / {e.reason_en}")
-        return UsageError(f"{text} ({e.rule_id})")
-    return UsageError(str(e))
+def _usage(e: NamingError, cfg: Config) -> UsageError:
+    return UsageError(f"{e.reason(cfg.language)} ({e.rule_id})")
 
 
-def _result(s: Any, cfg: Config) -> dict[str, Any]:
+def _result(s: AddressSuggestion, cfg: Config) -> dict[str, Any]:
     return {"address": s.address, "local_part": s.local_part, "rule": s.rule, "manual": s.manual,
             "reason": s.reason(cfg.language), "citation": s.citation,
             "reason_vi": s.reason_vi, "reason_en": s.reason_en}
 
 
-def _print(out: Output, s: Any, cfg: Config) -> None:
-    out.line(s.address if not s.manual else "manual: the administrator names this mailbox by hand")
+def _print(out: Output, s: AddressSuggestion, cfg: Config) -> None:
+    out.line(s.address or "manual: the administrator names this mailbox by hand")
     out.line(f"  rule: {s.rule} ({s.citation})")
     out.line(f"  reason: {s.reason(cfg.language)}")
 
@@ -170,18 +168,18 @@ def _unit(args: argparse.Namespace, out: Output) -> int:
     return EXIT_MANUAL if s.manual else EXIT_OK
 
 
-def _emit(out: Output, s: Any, cfg: Config, as_json: bool) -> None:
+def _emit(out: Output, s: AddressSuggestion, cfg: Config, as_json: bool) -> None:
     if as_json:
         out.json(_result(s, cfg))
     else:
         _print(out, s, cfg)
 
 
-def _refused(out: Output, e: Any, cfg: Config, as_json: bool) -> int:
+def _refused(out: Output, e: NamingError, cfg: Config, as_json: bool) -> int:
     """An abbreviation the regulation does not allow: exit 1 with the reason."""
     from rules.requirements import citation
 
-    text = {"vi": e.reason_vi, "en": e.reason_en}.get(cfg.language, f"{e.reason_vi} / {e.reason_en}")
+    text = e.reason(cfg.language)
     if as_json:
         out.json({"address": None, "local_part": None, "rule": e.rule_id, "manual": False, "refused": True,
                   "reason": text, "citation": citation(e.rule_id)})

@@ -12,7 +12,6 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Iterable
 from dataclasses import fields
 from typing import Any
 
@@ -47,34 +46,17 @@ def register(sub: Any) -> None:
     imp.set_defaults(func=_import)
 
 
-def _problems(result: object) -> list[str]:
-    """``check_schema()`` may return None, a message, or a list of messages."""
-    if result is None or result is True:
-        return []
-    if result is False:
-        return ["schema check failed"]
-    if isinstance(result, str):
-        return [result] if result else []
-    if isinstance(result, Iterable):
-        return [str(x) for x in result]
-    return []
-
-
 def _init(args: argparse.Namespace, out: Output) -> int:
     from directory.accounts import open_store, sqlite_path
 
     cfg = config_for(args)
     where = sqlite_path(cfg) if cfg.directory.backend == "sqlite" else f"{cfg.directory.url} {cfg.directory.base_dn}"
+    store = open_store(cfg)  # DirectoryError: one line from directory.cli.main
     try:
-        store = open_store(cfg)
-        try:
-            check = getattr(store, "check_schema", None)
-            problems = _problems(check()) if check is not None else []
-        finally:
-            store.close()
-    except DirectoryError as e:
-        out.error(f"refused: {where}: {e}")
-        return EXIT_REFUSED
+        # Both backends have it (SqliteAccountStore, LdapAccountStore); the Protocol does not.
+        problems: list[str] = store.check_schema()  # type: ignore[attr-defined]
+    finally:
+        store.close()
     if problems:
         for p in problems:
             out.error(f"refused: {where}: {p}")
@@ -92,16 +74,9 @@ def _export(args: argparse.Namespace, out: Output) -> int:
     from directory.transfer import TransferError, write
 
     cfg = config_for(args)
-    try:
-        store = open_store(cfg)
-    except DirectoryError as e:
-        out.error(f"congvu: directory unavailable: {e}")
-        return EXIT_REFUSED
+    store = open_store(cfg)
     try:
         accounts = list(store.list())
-    except DirectoryError as e:
-        out.error(f"congvu: directory unavailable: {e}")
-        return EXIT_REFUSED
     finally:
         store.close()
     try:
@@ -145,7 +120,8 @@ def _import(args: argparse.Namespace, out: Output) -> int:
             with open(args.file, encoding="utf-8", newline="") as f:  # CR LF inside quoted CSV cells stays
                 text = f.read()
     except (OSError, UnicodeDecodeError) as e:
-        out.error(f"congvu: cannot read {args.file}: {e}")
+        why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+        out.error(f"congvu: cannot read {args.file}: {why or e}")
         return EXIT_REFUSED
     fmt = args.format or detect_format(args.file, text)
     try:
@@ -160,11 +136,7 @@ def _import(args: argparse.Namespace, out: Output) -> int:
             if key in seen:
                 raise UsageError(f"{args.file}: {key} appears twice ({seen[key]} and {a.address})")
             seen[key] = a.address
-    try:
-        store = open_store(cfg)
-    except DirectoryError as e:
-        out.error(f"congvu: directory unavailable: {e}")
-        return EXIT_REFUSED
+    store = open_store(cfg)
     try:
         return _apply(args, out, store, accounts, fmt)
     finally:

@@ -101,9 +101,7 @@ class Hasher:
 
     def dummy_verify(self) -> None:
         """Spend what a real verify costs, so an unknown user answers as slowly as a known one."""
-        if self._dummy is None:
-            self._dummy = str(self._ctx.hash(secrets.token_urlsafe(24)))
-        self._ctx.verify("not the password", self._dummy)
+        self._ctx.verify("not the password", self.dummy_hash)
 
     def matches_any(self, password: str, hashes: tuple[str, ...] | list[str]) -> bool:
         """True if ``password`` matches one of ``hashes`` (the "not the last N passwords" rule)."""

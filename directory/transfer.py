@@ -25,9 +25,11 @@ from typing import Any, TextIO
 
 from ldap3.utils.dn import escape_rdn
 
+from directory.ldap_store import gtime, hash_from_ldap, hash_to_ldap, parse_gtime
 from directory.model import Account
 from rules.config import MAILBOX_TYPES
 from rules.lifecycle import AccountState
+from rules.units import parse_size
 
 FORMATS = ("csv", "ldif")
 FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Account))
@@ -86,7 +88,7 @@ def _from_text(name: str, text: str) -> Any:
             raise ValueError(f"expected true or false, got {text!r}")
         return text.lower() in ("true", "yes", "1", "") if text else True
     if name == "quota_override":
-        return int(text) if text else None
+        return parse_size(text) if text else None  # bytes as exported, or "12GB" from a spreadsheet
     if name == "mailbox_type" and text not in MAILBOX_TYPES:
         raise ValueError(f"expected one of {', '.join(MAILBOX_TYPES)}, got {text!r}")
     return text
@@ -155,22 +157,9 @@ LDIF_ATTRS: dict[str, str] = {
     "password_history": "congvuPasswordHistory",
 }
 _FIELD_OF = {v.lower(): k for k, v in LDIF_ATTRS.items()}
-_IGNORED = {"objectclass", "sn", "givenname"}
+_IGNORED = {"objectclass", "sn", "givenname", "uid"}
 #: RFC 2849 SAFE-STRING, narrowed to printable ASCII; anything else goes base64.
 _SAFE = re.compile(r"^[\x21-\x39\x3b\x3d-\x7e][\x20-\x7e]*$")
-
-
-def _gtime(v: datetime) -> str:
-    v = (v if v.tzinfo else v.replace(tzinfo=UTC)).astimezone(UTC)
-    return v.strftime("%Y%m%d%H%M%S") + (f".{v.microsecond:06d}" if v.microsecond else "") + "Z"
-
-
-def _parse_gtime(text: str) -> datetime:
-    m = re.fullmatch(r"(\d{14})(?:\.(\d{1,6}))?Z", text)
-    if m is None:
-        raise ValueError(f"expected a GeneralizedTime such as 20250101120000Z, got {text!r}")
-    v = datetime.strptime(m.group(1), "%Y%m%d%H%M%S").replace(tzinfo=UTC)
-    return v.replace(microsecond=int((m.group(2) or "0").ljust(6, "0")))
 
 
 def _ldif_line(attr: str, value: str) -> str:
@@ -190,9 +179,9 @@ def write_ldif(accounts: Iterable[Account], out: TextIO, base_dn: str) -> int:
     n = 0
     for a in accounts:
         names = a.full_name.split()
-        lines = [_ldif_line("dn", f"mail={escape_rdn(a.address)},{base_dn or base_dn_for(a.domain)}"),
+        lines = [_ldif_line("dn", f"uid={escape_rdn(a.address)},{base_dn or base_dn_for(a.domain)}"),
                  "objectClass: inetOrgPerson", "objectClass: congvuAccount",
-                 _ldif_line("mail", a.address),
+                 _ldif_line("uid", a.address), _ldif_line("mail", a.address),
                  _ldif_line("sn", names[0] if names else a.local_part),
                  _ldif_line("givenName", names[-1] if names else a.local_part)]
         for field_name, attr in LDIF_ATTRS.items():
@@ -202,11 +191,14 @@ def write_ldif(accounts: Iterable[Account], out: TextIO, base_dn: str) -> int:
                 lines += [_ldif_line(attr, item) for item in value]
             elif field_name in _DATES:
                 if value is not None:
-                    lines.append(_ldif_line(attr, _gtime(value)))
+                    lines.append(_ldif_line(attr, gtime(value)))
             elif field_name == "must_change":
                 lines.append(_ldif_line(attr, "TRUE" if value else "FALSE"))
             else:
                 text = _to_text(field_name, value)
+                if field_name == "password_hash":
+                    # slapd must see the scheme, or it would take the hash for a cleartext password.
+                    text = hash_to_ldap(text)
                 if text:
                     lines.append(_ldif_line(attr, text))
         out.write("\n" + "\n".join(lines) + "\n")
@@ -277,11 +269,11 @@ def read_ldif(text: str) -> list[Account]:
                 raise TransferError(f"{where}: {attr} given twice")
             elif name in _DATES:
                 try:
-                    values[name] = _parse_gtime(value).isoformat()
+                    values[name] = parse_gtime(value).isoformat()
                 except ValueError as e:
                     raise TransferError(f"{where}: {attr}: {e}") from None
             else:
-                values[name] = value
+                values[name] = hash_from_ldap(value) if name == "password_hash" else value
         if "address" not in values:
             raise TransferError(f"{where}: no mail attribute")
         values.update({k: " ".join(v) for k, v in lists.items()})

@@ -17,13 +17,13 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
 from rules.profiles import DEFAULT_PROFILE, PROFILES, Profile, Sourced, get_profile
-from rules.units import UnitError, parse_duration, parse_size
+from rules.units import UnitError, format_size, parse_duration, parse_size
 
 DEFAULT_CONFIG_PATH = Path("/etc/congvu/congvu.toml")
 ENV_CONFIG = "CONGVU_CONFIG"
@@ -132,7 +132,7 @@ def _list(item: Parser) -> Parser:
 
 
 def _date(v: Any) -> date:
-    if isinstance(v, date):
+    if isinstance(v, date) and not isinstance(v, datetime):  # a datetime never equals a date
         return v
     if isinstance(v, str):
         try:
@@ -175,10 +175,27 @@ def _domain(v: Any) -> str:
     return s
 
 
-def setting(raw_default: Any, parse: Parser, rule_id: str = "SUITE", doc: str = "") -> Any:
-    """Declare a config key: its suite default (as written in TOML), parser, id and help."""
-    return field(metadata={"default": raw_default, "parse": parse, "rule_id": rule_id,
-                           "doc": doc})
+def setting(raw_default: Any, parse: Parser, rule_id: str = "SUITE", doc: str = "", *,
+            secret: bool = False) -> Any:
+    """Declare a config key: its suite default (as written in TOML), parser, id and help.
+
+    ``secret``: the value may carry a credential (a URL with a password), so it stays out
+    of the section's repr.
+    """
+    return field(repr=not secret, metadata={"default": raw_default, "parse": parse, "rule_id": rule_id,
+                                            "doc": doc})
+
+
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*):[^@/\s]*@")
+
+
+def redact(value: Any) -> Any:
+    """``value`` fit to print: the password of any ``scheme://user:password@host`` becomes ``***``."""
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\1:***@", value)
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    return value
 
 
 # --------------------------------------------------------------------------- sections
@@ -271,7 +288,8 @@ class DirectorySettings:
 
     backend: str = setting("sqlite", _choice("sqlite", "ldap"), doc="account store")
     path: str = setting("", _str, doc="SQLite file; empty = STATE_DIR/directory.sqlite3")
-    url: str = setting("ldap://127.0.0.1:389", _str, "CT15-3.2", doc="LDAP server URL (ldap:// or ldaps://)")
+    url: str = setting("ldap://127.0.0.1:389", _str, "CT15-3.2",
+        doc="LDAP server URL (ldap:// or ldaps://); several separated by spaces are tried in order")
     base_dn: str = setting("", _str, "CT15-3.2", doc="subtree holding the mail accounts")
     bind_dn: str = setting("", _str, doc="service account DN")
     bind_password_file: str = setting("", _str, doc="file holding the service account password")
@@ -281,7 +299,11 @@ class DirectorySettings:
     pool_size: int = setting(4, _int(1, 64), doc="LDAP connections kept open")
     cache_ttl: timedelta = setting("30s", _duration, doc="how long hot-path reads are cached")
     cache_size: int = setting(10000, _int(0), doc="accounts kept in the read cache")
+    hash_cost: str = setting("normal", _choice("normal", "test"), "SUITE",
+        doc="argon2 cost: normal = 64 MiB, 3 passes; test = 1 MiB, 1 pass (tests/benchmarks only, never production)")
     attributes: Mapping[str, str] = setting({}, _str_map, doc="LDAP attribute names to use instead of congvu's")
+    object_classes: tuple[str, ...] = setting(["inetOrgPerson", "congvuAccount"], _list(_str), "CT15-3.2",
+        doc="object classes of the LDAP entries congvu creates (add the class of any mapped attribute)")
 
 
 @dataclass(frozen=True)
@@ -290,14 +312,48 @@ class StateSettings:
 
     backend: str = setting("sqlite", _choice("sqlite", "redis"), doc="counter store")
     path: str = setting("", _str, doc="SQLite file; empty = STATE_DIR/state.sqlite3")
-    url: str = setting("redis://127.0.0.1:6379/0", _str, doc="redis:// or rediss:// URL")
+    url: str = setting("redis://127.0.0.1:6379/0", _str,
+        doc="redis://, rediss:// (TLS; CA via ?ssl_ca_certs=/path) or unix:// URL; "
+            "prefer password_file to a password in the URL", secret=True)
     sentinels: tuple[str, ...] = setting([], _list(_str), doc="host:port of Redis Sentinels; empty = no Sentinel")
     sentinel_service: str = setting("mymaster", _str, doc="Sentinel service name")
     password_file: str = setting("", _str, doc="file holding the Redis password")
     prefix: str = setting("congvu:", _str, doc="key prefix, so several sites can share one Redis")
-    timeout: timedelta = setting("1s", _duration, doc="timeout on every counter call")
+    timeout: timedelta = setting("1s", _duration,
+        doc="connect and read timeout on every counter call, no retries; then StateUnavailable")
     last_login_flush: timedelta = setting("10m", _duration,
         doc="write last-login stamps to the directory at most this often")
+
+
+_RATE_KEYS = ("messages_per_hour", "recipients_per_day")
+
+
+def _rate_overrides(v: Any) -> Mapping[str, Mapping[str, int]]:
+    """``{"addr@domain" = {messages_per_hour = N, recipients_per_day = N}}``; 0 = unlimited."""
+    if not isinstance(v, dict):
+        raise ValueError("expected a table of address = { messages_per_hour = N, recipients_per_day = N }")
+    out: dict[str, Mapping[str, int]] = {}
+    for addr, limits in v.items():
+        if not isinstance(limits, dict) or not limits:
+            raise ValueError(f"{addr}: expected {{ messages_per_hour = N, recipients_per_day = N }}")
+        parsed: dict[str, int] = {}
+        for k, n in limits.items():
+            if k not in _RATE_KEYS:
+                raise ValueError(f"{addr}: unknown key {k!r} (known: {', '.join(_RATE_KEYS)})")
+            try:
+                parsed[k] = _int(0)(n)
+            except ValueError as e:
+                raise ValueError(f"{addr}.{k}: {e}") from None
+        out[str(addr).strip().lower()] = MappingProxyType(parsed)
+    return MappingProxyType(out)
+
+
+def _optional_size(v: Any) -> int | None:
+    """``""`` means "not set here, use the general value"."""
+    return None if v == "" else _size(v)
+
+
+_FAILURE = _choice("defer", "dunno")
 
 
 @dataclass(frozen=True)
@@ -309,6 +365,66 @@ class PolicydSettings:
     mynetworks: tuple[Any, ...] = setting(["127.0.0.0/8", "::1/128"], _list(_network), "CT25-3.2",
         doc="clients trusted to relay with local senders")
     idle_timeout: timedelta = setting("300s", _duration, doc="close idle connections (Postfix reconnects)")
+    request_timeout: timedelta = setting("10s", _duration,
+        doc="a request must be complete this long after its first byte (slow writers are cut off)")
+    max_request_bytes: int = setting(65536, _int(1024, 16 * 1024 * 1024),
+        doc="largest request; a bigger one closes the connection without a reply")
+    max_line_bytes: int = setting(8192, _int(256, 16 * 1024 * 1024), doc="longest name=value line")
+    max_attributes: int = setting(256, _int(8, 100000), doc="most name=value lines in one request")
+    max_connections: int = setting(2000, _int(1), doc="connections served at once; more are closed at once")
+    threads: int = setting(8, _int(1, 256), doc="threads for directory and counter calls")
+    disabled_checks: tuple[str, ...] = setting([], _list(_choice(
+        "account_state", "sender_login", "forged_sender", "size", "recipients", "rates")),
+        doc="checks to skip (policyd/checks/__init__.py has the order)")
+    local_domains: tuple[str, ...] = setting([], _list(_domain), "CT25-3.2",
+        doc="site domains besides `domain` that unauthenticated outsiders may not use as sender")
+    attachment_max_personal: int | None = setting("", _optional_size, "CT25-5.1",
+        doc="attachment limit for mail from/to personal mailboxes; empty = mailbox.attachment_max")
+    attachment_max_unit: int | None = setting("", _optional_size, "CT25-5.1",
+        doc="attachment limit for mail from/to unit mailboxes; empty = mailbox.attachment_max")
+    attachment_max_agency: int | None = setting("", _optional_size, "CT25-5.1",
+        doc="attachment limit for mail from/to agency mailboxes; empty = mailbox.attachment_max")
+    max_recipients: int = setting(100, _int(0), "CT25-3.1", doc="recipients per message; 0 = unlimited")
+    messages_per_hour_personal: int = setting(100, _int(0), "CT25-3.1",
+        doc="messages an authenticated personal mailbox sends per sliding hour; 0 = unlimited")
+    messages_per_hour_unit: int = setting(200, _int(0), "CT25-3.1", doc="same, unit mailbox")
+    messages_per_hour_agency: int = setting(200, _int(0), "CT25-3.1", doc="same, agency mailbox")
+    recipients_per_day_personal: int = setting(1000, _int(0), "CT25-3.1",
+        doc="recipients a personal mailbox reaches per sliding day; 0 = unlimited")
+    recipients_per_day_unit: int = setting(2000, _int(0), "CT25-3.1", doc="same, unit mailbox")
+    recipients_per_day_agency: int = setting(2000, _int(0), "CT25-3.1", doc="same, agency mailbox")
+    rate_overrides: Mapping[str, Mapping[str, int]] = setting({}, _rate_overrides, "CT25-3.1",
+        doc="per-account limits: \"addr\" = { messages_per_hour = N, recipients_per_day = N }")
+    ip_messages_per_hour: int = setting(300, _int(0), "CT25-3.1",
+        doc="unauthenticated messages per client IP per sliding hour; 0 = unlimited")
+    ipv6_prefix: int = setting(64, _int(32, 128), doc="IPv6 clients are counted per network of this length")
+    ip_rate_skip_mynetworks: bool = setting(True, _bool, doc="no per-IP limit for clients in mynetworks")
+    fail_account_state: str = setting("defer", _FAILURE, "CT25-6.4a",
+        doc="directory down: defer (DEFER_IF_PERMIT 4.3.0) or dunno")
+    fail_sender_login: str = setting("defer", _FAILURE, "CT25-3.2", doc="directory down: defer or dunno")
+    fail_forged_sender: str = setting("defer", _FAILURE, "CT25-3.2", doc="internal error: defer or dunno")
+    fail_size: str = setting("defer", _FAILURE, "CT25-5.1", doc="internal error: defer or dunno")
+    fail_recipients: str = setting("defer", _FAILURE, "CT25-3.1", doc="internal error: defer or dunno")
+    fail_rates: str = setting("dunno", _FAILURE, "CT25-3.1", doc="counter store down: dunno (log) or defer")
+    stats_listen: tuple[str, ...] = setting(["tcp:10049:interface=127.0.0.1"], _list(_endpoint),
+        doc="Prometheus text endpoint (/metrics) and `congvu policyd stats`; [] = off")
+    log_decisions: str = setting("all", _choice("all", "blocks"),
+        doc="one log line per decision (all), or only for refusals and defers (blocks)")
+
+    def attachment_max_for(self, kind: MailboxType) -> int | None:
+        return {"personal": self.attachment_max_personal, "unit": self.attachment_max_unit,
+                "agency": self.attachment_max_agency}[kind]
+
+    def messages_per_hour(self, kind: MailboxType) -> int:
+        return {"personal": self.messages_per_hour_personal, "unit": self.messages_per_hour_unit,
+                "agency": self.messages_per_hour_agency}[kind]
+
+    def recipients_per_day(self, kind: MailboxType) -> int:
+        return {"personal": self.recipients_per_day_personal, "unit": self.recipients_per_day_unit,
+                "agency": self.recipients_per_day_agency}[kind]
+
+    def failure(self, check: str) -> str:
+        return str(getattr(self, f"fail_{check}"))
 
 
 @dataclass(frozen=True)
@@ -316,8 +432,44 @@ class AuthhooksSettings:
     """Dovecot authentication and the self-service password page (CT25-5.2, CT25-3.2)."""
 
     socket: str = setting("", _str, doc="auth service unix socket; empty = STATE_DIR/authd.sock")
+    socket_group: str = setting("", _str,
+        doc="group owning the socket (mode 0660): the user Dovecot's auth process runs as, e.g. dovecot")
     web_listen: tuple[str, ...] = setting(["tcp:8080:interface=127.0.0.1"], _list(_endpoint),
         doc="password page and API")
+    web_rate_user: int = setting(10, _int(0, 10000), "CT25-3.2",
+        doc="password change attempts per account within web_rate_window (page and API); 0 = no limit")
+    web_rate_ip: int = setting(30, _int(0, 100000), "CT25-3.2",
+        doc="password change attempts per client IP within web_rate_window (lockout_exempt networks are not "
+            "limited per IP); 0 = no limit")
+    web_rate_window: timedelta = setting("15m", _duration, "CT25-3.2",
+        doc="window of web_rate_user and web_rate_ip")
+    web_strength_rate: int = setting(120, _int(0, 100000), "SUITE",
+        doc="strength checks (the page's feedback while typing) per client IP per minute; 0 = no limit")
+    web_origins: tuple[str, ...] = setting([], _list(_str), "SUITE",
+        doc="public origins of the page (e.g. https://mail.cantho.gov.vn) accepted in Origin besides the Host")
+    web_trusted_proxies: tuple[Any, ...] = setting(["127.0.0.1/32", "::1/128"], _list(_network), "SUITE",
+        doc="reverse proxies whose X-Forwarded-For names the client (rate limits and lockout use it)")
+    policy_listen: tuple[str, ...] = setting([], _list(_endpoint), "CT25-3.2",
+        doc="Dovecot auth policy server (auth_policy_server_url) endpoints; empty = off")
+    lockout_failures: int = setting(10, _int(0, 1000), "CT25-3.2",
+        doc="distinct wrong passwords for one account within lockout_window that lock it; 0 = no lockout")
+    lockout_ip_failures: int = setting(30, _int(0, 100000), "CT25-3.2",
+        doc="distinct wrong logins from one client IP within lockout_window that lock the IP; 0 = off")
+    lockout_window: timedelta = setting("15m", _duration, "CT25-3.2", doc="window in which failures count")
+    lockout_duration: timedelta = setting("15m", _duration, "CT25-3.2", doc="how long a lockout lasts")
+    lockout_exempt: tuple[Any, ...] = setting([], _list(_network), "CT25-3.2",
+        doc="client networks never locked per IP (the webmail host, which logs everyone in)")
+    uid: str = setting("vmail", _str, doc="userdb_uid of every mailbox (name or number)")
+    gid: str = setting("vmail", _str, doc="userdb_gid of every mailbox (name or number)")
+    home: str = setting("/var/vmail/{domain}/{local_part}", _str,
+        doc="home directory template: {domain}, {local_part}, {address}")
+    nologin_services: tuple[str, ...] = setting(["imap", "pop3"], _list(_str), "CT25-5.2",
+        doc="services told [EXPIRED] via nologin; others (smtp, submission) simply fail")
+    hook_timeout: timedelta = setting("10s", _duration, doc="how long congvu-checkpassword waits for authd")
+    threads: int = setting(4, _int(1, 64), doc="authd worker threads (password hashing, directory)")
+    secret_file: str = setting("", _str, doc="key for wrong-password fingerprints; empty = STATE_DIR/authd.key")
+    reminder_every: timedelta = setting("1d", _duration, "CT25-6.4b",
+        doc="record the expiry reminder at most this often per account")
 
 
 @dataclass(frozen=True)
@@ -509,10 +661,11 @@ def _validate(fname: str, cfg: Config) -> None:
         rid = cfg.origins[f"mailbox.quota_{kind}"].rule_id
         if q is not None and q < lo:
             raise ConfigError(fname, f"mailbox.quota_{kind}",
-                              f"{q} bytes is below the floor min_quota_{kind} = {lo} bytes ({rid})")
+                              f"{format_size(q)} is below the floor min_quota_{kind} = {format_size(lo)} ({rid})")
         if hi is not None and (q is None or q > hi):
             raise ConfigError(fname, f"mailbox.quota_{kind}",
-                              f"above the ceiling max_quota_{kind} = {hi} bytes ({rid}); "
+                              f"{'unlimited' if q is None else format_size(q)} is above the ceiling "
+                              f"max_quota_{kind} = {format_size(hi)} ({rid}); "
                               f"raise max_quota_{kind} too if the site decided so")
     if mb.personal_not_above_shared and mb.quota_personal is not None:
         for kind in ("unit", "agency"):

@@ -153,6 +153,8 @@ def inactivity_event(facts: InactivityFacts, settings: LifecycleSettings, now: d
     last = max(filter(None, (facts.created_at, facts.last_login_at)))
     idle = now - last
     if facts.state is S.SUSPENDED:
+        if settings.suspend_after is None:
+            return None  # only CT15-5.4 has the suspend → 15 working days → reclaim clock
         since = facts.state_changed_at or last
         if working_days_between(since.date(), now.date(), settings) >= settings.reclaim_after_suspend_working_days:
             return E.INACTIVITY_RECLAIM

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from rules.config import MAILBOX_TYPES, MailboxSettings, MailboxType
 from rules.decision import Decision, Verdict
+from rules.units import format_size
 
 
 def message_size_limit(mailbox: MailboxSettings, attachment_max: int | None = None) -> int:
@@ -52,13 +53,13 @@ def effective_quota(mailbox: MailboxSettings, kind: MailboxType, override: int |
     if override < lo:
         return QuotaCheck(None, Decision(
             Verdict.REJECT, rule_id,
-            text_vi=f"Dung lượng hộp thư {kind} tối thiểu là {lo} byte.",
-            text_en=f"A {kind} mailbox quota must be at least {lo} bytes."))
+            text_vi=f"Dung lượng hộp thư {kind} tối thiểu là {format_size(lo)}, không được {format_size(override)}.",
+            text_en=f"A {kind} mailbox quota must be at least {format_size(lo)}, not {format_size(override)}."))
     if hi is not None and override > hi:
         return QuotaCheck(None, Decision(
             Verdict.REJECT, rule_id,
-            text_vi=f"Dung lượng hộp thư {kind} tối đa là {hi} byte.",
-            text_en=f"A {kind} mailbox quota may be at most {hi} bytes."))
+            text_vi=f"Dung lượng hộp thư {kind} tối đa là {format_size(hi)}, không được {format_size(override)}.",
+            text_en=f"A {kind} mailbox quota may be at most {format_size(hi)}, not {format_size(override)}."))
     return QuotaCheck(override, None)
 
 

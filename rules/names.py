@@ -45,7 +45,7 @@ from twisted.logger import Logger
 
 from rules.config import Config
 from rules.decision import Language
-from rules.requirements import KNOWN_IDS, citation
+from rules.requirements import citation
 
 _log = Logger(namespace="congvu.names")
 
@@ -60,20 +60,25 @@ _ABBR = re.compile(r"[a-z][a-z0-9]*")
 _LOCAL_ALLOWED = re.compile(r"[a-z0-9.]+")
 
 
-def _rid(preferred: str, fallback: str) -> str:
-    """``preferred`` once the digest lists it, else ``fallback`` (CT15's agency/unit points)."""
-    return preferred if preferred in KNOWN_IDS else fallback
-
-
 #: Rule ids per scheme: base personal form, clash handling, agency, unit, display, folding.
+#: CT15-4.2 lists its points a, b, c, d, đ: display names are point đ, not d (the clash rule).
 _RULES: dict[str, dict[str, str]] = {
     "ct25": {"base": "CT25-4.3a", "clash": "CT25-4.3b", "agency": "CT25-4.1",
              "unit": "CT25-4.2", "display": "CT25-4.4", "fold": "CT25-4.3a"},
-    "ct15": {"base": "CT15-4.2c", "clash": "CT15-4.2d", "agency": _rid("CT15-4.2a", "CT15-4.2c"),
-             "unit": _rid("CT15-4.2b", "CT15-4.2c"), "display": "CT15-4.2d", "fold": "CT15-4.2c"},
+    "ct15": {"base": "CT15-4.2c", "clash": "CT15-4.2d", "agency": "CT15-4.2a",
+             "unit": "CT15-4.2b", "display": "CT15-4.2đ", "fold": "CT15-4.2c"},
     "th13": {"base": "TH13-3.3", "clash": "TH13-3.3", "agency": "TH13-3.2",
              "unit": "TH13-3.2", "display": "SUITE", "fold": "TH13-3.1"},
 }
+
+
+def naming_rule(cfg: Config, what: str) -> str:
+    """The id the site's scheme cites for ``what``: base, clash, agency, unit, display or fold."""
+    return _RULES[cfg.naming.scheme][what]
+
+
+def _in_language(vi: str, en: str, language: Language) -> str:
+    return vi if language == "vi" else en if language == "en" else f"{vi} / {en}"
 
 
 class NamingError(ValueError):
@@ -82,6 +87,10 @@ class NamingError(ValueError):
     def __init__(self, rule_id: str, reason_vi: str, reason_en: str) -> None:
         super().__init__(f"{reason_en} ({rule_id})")
         self.rule_id, self.reason_vi, self.reason_en = rule_id, reason_vi, reason_en
+
+    def reason(self, language: Language = "both") -> str:
+        """The reason in the configured language(s)."""
+        return _in_language(self.reason_vi, self.reason_en, language)
 
 
 # --------------------------------------------------------------------------- folding
@@ -95,12 +104,15 @@ def fold(text: str) -> str:
     letter or digit underneath (spaces, punctuation, other scripts) are dropped, so the
     result matches ``[a-z0-9]*``; use :func:`fold_word` to refuse them instead.
     """
-    return "".join(c for c in _fold_chars(text) if c.isascii() and c.isalnum())
+    return "".join(c for c in strip_marks(text) if c.isascii() and c.isalnum())
 
 
-def _fold_chars(text: str) -> str:
-    # NFKD also maps compatibility forms (full-width Ａ, ligatures) to plain letters;
-    # casefold after decomposition, then decompose again (casefold can compose: İ).
+def strip_marks(text: str) -> str:
+    """Lower case without diacritics, everything else kept: ``"Nguyễn Đức"`` → ``"nguyen duc"``.
+
+    NFKD also maps compatibility forms (full-width Ａ, ligatures) to plain letters;
+    casefold after decomposition, then decompose again (casefold can compose: İ).
+    """
     s = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).casefold())
     return "".join(_EXTRA_FOLD.get(c, c) for c in s if not unicodedata.combining(c))
 
@@ -112,7 +124,7 @@ def fold_word(word: str) -> str | None:
     no ASCII base make it None, so the caller can hand the name to the operator.
     """
     out = []
-    for c in _fold_chars(word):
+    for c in strip_marks(word):
         if c in _APOSTROPHES:
             continue
         if not ("a" <= c <= "z"):
@@ -204,11 +216,7 @@ class AddressSuggestion:
 
     def reason(self, language: Language = "both") -> str:
         """The reason in the configured language(s)."""
-        if language == "vi":
-            return self.reason_vi
-        if language == "en":
-            return self.reason_en
-        return f"{self.reason_vi} / {self.reason_en}"
+        return _in_language(self.reason_vi, self.reason_en, language)
 
 
 def _chosen(local: str, cfg: Config, rule: str, vi: str, en: str) -> AddressSuggestion:
@@ -322,7 +330,7 @@ class DisplayName:
 
 
 def display_name(full_name: str, agency_name: str, cfg: Config) -> DisplayName:
-    """``Họ Tên đệm Tên - Tên cơ quan`` (CT25-4.4; CT15-4.2 đ), NFC, single spaces.
+    """``Họ Tên đệm Tên - Tên cơ quan`` (CT25-4.4, CT15-4.2đ), NFC, single spaces.
 
     The name keeps its diacritics and spelling; only the ``|`` family marker is removed.
     """

@@ -39,6 +39,7 @@ from twisted.logger import Logger
 
 from rules.config import Config, MailboxType, PasswordSettings
 from rules.decision import Decision, Verdict
+from rules.names import strip_marks
 
 log = Logger()
 
@@ -87,9 +88,12 @@ def normalize_password(password: str) -> str:
 
 
 def fold(text: str) -> str:
-    """Lower case without diacritics ("Nguyễn Đức" → "nguyen duc"), for name matching."""
-    decomposed = unicodedata.normalize("NFD", text.replace("Đ", "D").replace("đ", "d"))
-    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+    """Lower case without diacritics ("Nguyễn Đức" → "nguyen duc"), for name matching.
+
+    The same folding as addresses (:func:`rules.names.strip_marks`), so a name found in
+    an address is found in a password too; never applied to what is hashed.
+    """
+    return strip_marks(text)
 
 
 def _letters(folded: str) -> str:

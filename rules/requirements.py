@@ -1,8 +1,9 @@
 """Requirement ids (../shared/REQUIREMENTS.md) and the citation text each one expands to.
 
 Ids look like ``CT25-5.1`` or ``CT15-4.2c``: profile, article, clause and optional
-point letter.  Users and auditors read the citation ("QĐ 21/2025/QĐ-UBND TP Cần Thơ,
-Điều 5 khoản 1"), operators grep for the id, so every decision carries both.
+point letter (Vietnamese letters, so ``đ`` follows ``d``).  Users and auditors read the
+citation ("QĐ 21/2025/QĐ-UBND TP Cần Thơ, Điều 5 khoản 1"), operators grep for the id,
+so every decision carries both.
 """
 
 from __future__ import annotations
@@ -28,14 +29,16 @@ KNOWN_IDS: frozenset[str] = frozenset(
         "CT25-4.3b", "CT25-4.4", "CT25-5.1", "CT25-5.2", "CT25-5.3", "CT25-6.1", "CT25-6.2",
         "CT25-6.3", "CT25-6.4a", "CT25-6.4b", "CT25-6.5", "CT25-6.6", "CT25-7", "CT25-9.2",
         "CT25-9.3", "CT25-9.7", "CT25-11.4",
-        "CT15-3.2", "CT15-4.1", "CT15-4.2a", "CT15-4.2b", "CT15-4.2c", "CT15-4.2d", "CT15-5.4", "CT15-8.1", "CT15-8.2",
+        "CT15-3.2", "CT15-4.1", "CT15-4.2a", "CT15-4.2b", "CT15-4.2c", "CT15-4.2d", "CT15-4.2đ",
+        "CT15-5.4", "CT15-8.1", "CT15-8.2",
         "CT15-8.3", "CT15-10.3", "CT15-11.3", "CT15-11.4", "CT15-15",
         "TH13-3.1", "TH13-3.2", "TH13-3.3", "TH13-4", "TH13-6.1", "TH13-6.2", "TH13-7",
         "TH13-9", "TH13-10.1", "TH13-15.3", "TH13-16.2b", "TH13-17.5",
     }
 ) | frozenset(SPECIAL)
 
-_ID = re.compile(r"^(CT25|CT15|TH13)-(\d+)(?:\.(\d+)([a-z])?)?$")
+# Points run a, b, c, d, đ, e… in Vietnamese legal text: CT15-4.2đ (display names) is not 4.2d.
+_ID = re.compile(r"^(CT25|CT15|TH13)-(\d+)(?:\.(\d+)([a-zđ])?)?$")
 
 
 def citation(rule_id: str) -> str:

@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,53 @@ def test_show_and_set_missing_account_exit_4(site: Site) -> None:
     assert site.run("account", "show", "ghost@cantho.gov.vn").code == 4
     assert site.run("account", "set", "ghost@cantho.gov.vn", "--must-change", "no").code == 4
     assert site.run("account", "passwd", "ghost").code == 4
+
+
+def test_refusals_cite_the_site_profile(make_site: Callable[..., Site]) -> None:
+    """Under cantho-2015 and thanhhoa-2013 a refused shape or a clash cites that regulation, never CT25."""
+    ct15 = make_site(profile="cantho-2015")
+    add = ("account", "add", "--name", "Nguyễn Văn Minh", "--agency", "sonv")
+    r = ct15.run(*add[:2], "sonoivu", *add[2:], "--type", "agency")
+    assert r.code == 1 and "CT15-4.2a" in r.err and "CT25" not in r.err
+    assert ct15.run(*add[:2], "vpubndninhkieu", *add[2:], "--type", "unit").code == 0  # CT15-4.2b: name on request
+    assert ct15.run(*add[:2], "nvminh", *add[2:], "--type", "personal").code == 0
+    r = ct15.run(*add[:2], "nvminh", *add[2:], "--type", "personal")
+    assert r.code == 1 and "already" in r.err and "CT15-4.2d" in r.err and "CT25" not in r.err
+    th13 = make_site(profile="thanhhoa-2013")
+    r = th13.run(*add[:2], "nvminh", *add[2:], "--type", "personal")
+    assert r.code == 1 and "TH13-3.3" in r.err and ".sonv" in r.err
+
+
+def test_names_are_stored_nfc_without_the_family_marker(site: Site) -> None:
+    """An NFD name, or one with address suggest's "|" marker, is stored and displayed as plain NFC text."""
+    nfd = unicodedata.normalize("NFD", "Tôn Nữ | Thị  Hà")
+    r = site.run("account", "add", "tntha", "--name", nfd, "--agency", "sonv", "--type", "personal",
+                 "--agency-name", "Sở Nội vụ", "--json")
+    assert r.code == 0, r.err
+    data = json.loads(r.out)
+    assert data["full_name"] == "Tôn Nữ Thị Hà" and data["display_name"] == "Tôn Nữ Thị Hà - Sở Nội vụ"
+    assert unicodedata.is_normalized("NFC", stored(site, "tntha@cantho.gov.vn").full_name)
+
+
+def test_missing_account_is_named_in_full(site: Site) -> None:
+    """The not-found line names the address that was looked up, with the site domain added."""
+    r = site.run("account", "show", "ghost")
+    assert r.code == 4 and r.err.strip() == "not found: ghost@cantho.gov.vn"
+
+
+def test_unusable_store_path_is_one_line_not_a_traceback(make_site: Callable[..., Site], tmp_path: Path) -> None:
+    """A state_dir that cannot be created, or a file that is not a database, exits 1 with one line."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n", encoding="utf-8")
+    not_db = tmp_path / "not.sqlite3"
+    not_db.write_text("not a database, but long enough to have a header of sorts\n" * 100, encoding="utf-8")
+    for path in (blocker / "sub" / "directory.sqlite3", not_db):
+        bad = make_site(directory={"path": str(path)})
+        for argv in (("account", "list"), ("directory", "init"), ("directory", "export", "--format", "csv", "-")):
+            r = bad.run(*argv)
+            assert r.code == 1, (argv, r.err)
+            assert r.err.count("\n") == 1 and "Traceback" not in r.err and str(path) in r.err
+            assert r.err.count(str(path)) == 1 and r.err.startswith("congvu: directory unavailable: ")
 
 
 def test_list_by_agency_and_state(site: Site) -> None:

@@ -50,7 +50,7 @@ def test_ldif_folds_long_lines_and_encodes_non_ascii() -> None:
     text, _ = roundtrip("ldif", [FULL])
     assert all(len(line) <= 76 for line in text.splitlines())
     assert "cn:: " in text and "Nguyễn" not in text
-    assert "dn: mail=nvminh@cantho.gov.vn,ou=people,dc=cantho,dc=gov,dc=vn" in text
+    assert "dn: uid=nvminh@cantho.gov.vn,ou=people,dc=cantho,dc=gov,dc=vn" in text
 
 
 @settings(max_examples=60, deadline=None)
@@ -74,7 +74,15 @@ def test_minimal_spreadsheet_gets_defaults() -> None:
         "ltlan", "cantho.gov.vn", AccountState.ACTIVE, True, ())
 
 
+@pytest.mark.parametrize(("cell", "quota"), [("12GB", 12 * 1024**3), ("12884901888", 12 * 1024**3), ("", None)])
+def test_spreadsheet_quota_in_units_or_bytes(cell: str, quota: int | None) -> None:
+    """quota_override reads "12GB" as an operator writes it, and plain bytes as export writes them."""
+    [a] = read(f"address,full_name,mailbox_type,quota_override\nx@cantho.gov.vn,X,unit,{cell}\n", "csv")
+    assert a.quota_override == quota
+
+
 @pytest.mark.parametrize(("text", "fmt", "words"), [
+    ("address,full_name,mailbox_type,quota_override\nx@cantho.gov.vn,X,unit,lots\n", "csv", "quota_override"),
     ("address,full_name\nx@cantho.gov.vn,X\n", "csv", "mailbox_type is missing"),
     ("address,full_name,mailbox_type,colour\nx@cantho.gov.vn,X,personal,red\n", "csv", "colour"),
     ("address,full_name,mailbox_type\nx@cantho.gov.vn,X,personal,extra\n", "csv", "more cells"),
@@ -90,3 +98,19 @@ def test_bad_input_is_refused_with_a_reason(text: str, fmt: str, words: str) -> 
     """Each malformed file raises TransferError saying what is wrong."""
     with pytest.raises(TransferError, match=words):
         read(text, fmt)
+
+
+@pytest.mark.parametrize(("stored", "prefix"), [
+    ("$argon2id$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2g", "{ARGON2}"),
+    ("$6$salt$hash", "{CRYPT}"),
+    ("$2b$12$abcdefghijklmnopqrstuv", "{CRYPT}"),
+])
+def test_ldif_password_carries_the_slapd_scheme(stored: str, prefix: str) -> None:
+    """userPassword is written with {ARGON2}/{CRYPT} so slapd never takes a hash for a cleartext password."""
+    acct = Account("nvminh", "cantho.gov.vn", "Nguyễn Văn Minh", "personal", password_hash=stored)
+    buf = io.StringIO()
+    write([acct], "ldif", buf)
+    text = buf.getvalue()
+    assert f"userPassword: {prefix}{stored}" in text.replace("\n ", "")
+    assert "dn: uid=nvminh@cantho.gov.vn," in text
+    assert read(text, "ldif")[0].password_hash == stored

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from datetime import timedelta
+import tempfile
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rules.config import ConfigError, config_from_mapping, load_config
+from rules.config import Config, ConfigError, config_from_mapping, load_config, redact
 from rules.units import GB, MB
 
 
@@ -75,6 +76,7 @@ def test_profile_named_in_file_beats_argument(tmp_path: Path) -> None:
     ({"policyd": {"listen": ["10040"]}}, "policyd.listen", "Twisted endpoint"),
     ({"policyd": {"mynetworks": ["300.1.2.3/8"]}}, "policyd.mynetworks", "network"),
     ({"lifecycle": {"holidays": ["30/04/2026"]}}, "lifecycle.holidays", "date"),
+    ({"lifecycle": {"holidays": [datetime(2026, 9, 2, 8, 0)]}}, "lifecycle.holidays", "date"),
     ({"directory": {"backend": "ldap"}}, "directory.base_dn", "required"),
 ])
 def test_invalid_values_name_key_and_reason(data: dict[str, Any], key: str, reason: str) -> None:
@@ -132,4 +134,46 @@ toml_values = st.recursive(toml_scalars, lambda c: st.lists(c, max_size=3) | st.
 def test_loader_raises_only_config_error(data: dict[str, Any]) -> None:
     """On any TOML-shaped data the loader returns a Config or raises ConfigError, nothing else."""
     with contextlib.suppress(ConfigError):
-        config_from_mapping(data)
+        assert isinstance(config_from_mapping(data), Config)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(alphabet=st.sampled_from('[]{}=."\'#\n 0123456789abcdefghijklmnopqrstuvwxyz_-:GBMd,'), max_size=80)
+       | st.binary(max_size=40).map(lambda b: b.decode("latin-1")))
+def test_load_config_raises_only_config_error_on_any_file(text: str) -> None:
+    """Any file content, TOML or not, gives a Config or one ConfigError naming the file."""
+    with tempfile.TemporaryDirectory() as d:
+        f = Path(d) / "congvu.toml"
+        f.write_text(text, encoding="utf-8")
+        try:
+            assert isinstance(load_config(f), Config)
+        except ConfigError as e:
+            assert e.file == str(f)
+
+
+@pytest.mark.parametrize(("key", "value", "shown"), [
+    ("mailbox.quota_personal", "6GB", "6GB is above the ceiling max_quota_personal = 5GB (CT25-5.1)"),
+    ("mailbox.quota_agency", "5GB", "5GB is below the floor min_quota_agency = 10GB (CT25-5.1)"),
+])
+def test_quota_errors_read_in_units(key: str, value: str, shown: str) -> None:
+    """A quota out of bounds is explained in GB, as the operator wrote it, not in bytes."""
+    section, name = key.split(".")
+    with pytest.raises(ConfigError) as ei:
+        config_from_mapping({section: {name: value}})
+    assert shown in ei.value.reason
+
+
+def test_holidays_are_dates() -> None:
+    """TOML dates and ISO strings both load as dates the working-day calendar can match."""
+    cfg = config_from_mapping({"lifecycle": {"holidays": [date(2026, 9, 2), "2026-04-30"]}})
+    assert cfg.lifecycle.holidays == (date(2026, 9, 2), date(2026, 4, 30))
+
+
+def test_redis_password_stays_out_of_repr_and_show() -> None:
+    """A password inside state.url never reaches the Config repr; redact() masks it for display."""
+    url = "redis://:s3cret@127.0.0.1:6379/0"
+    cfg = config_from_mapping({"state": {"backend": "redis", "url": url}})
+    assert cfg.state.url == url
+    assert "s3cret" not in repr(cfg) and "s3cret" not in repr(cfg.state)
+    assert redact(url) == "redis://:***@127.0.0.1:6379/0"
+    assert redact(["rediss://user:p%40ss@h:1", "redis://h:1/0", 5]) == ["rediss://user:***@h:1", "redis://h:1/0", 5]

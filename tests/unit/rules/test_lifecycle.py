@@ -147,3 +147,9 @@ def test_sweep_lists_due_transitions() -> None:
     lc = load_config(None, profile="cantho-2015").lifecycle
     out = sweep([("a", _facts()), ("b", _facts(last_login=80))], lc, _day(95))
     assert [(k, t.new) for k, t in out] == [("a", S.SUSPENDED)]
+
+
+def test_suspended_is_not_reclaimed_without_the_ct15_clock() -> None:
+    """Under cantho-2025 (no suspension rule) a suspended account waits for the operator."""
+    lc = load_config(None).lifecycle
+    assert inactivity_event(_facts(S.SUSPENDED, changed=0), lc, _day(400)) is None

@@ -6,13 +6,38 @@ import pytest
 
 from rules.config import config_from_mapping, load_config
 from rules.limits import attachment_equivalent, dovecot_quota_rule, effective_quota, message_size_limit
-from rules.units import GB, MB
+from rules.units import GB, MB, format_size
 
 
 def _b64_size(raw: int) -> int:
     """Exact size of base64 with CRLF every 76 characters, as MUAs encode attachments."""
     enc = 4 * ((raw + 2) // 3)
     return enc + 2 * ((enc + 75) // 76)
+
+
+@pytest.mark.parametrize(
+    ("profile", "key", "value", "rule"),
+    [
+        # CT25-5.1: personal at most 5 GB; agency and unit at least 10 GB; attachments at most 20 MB.
+        ("cantho-2025", "max_quota_personal", 5 * GB, "CT25-5.1"),
+        ("cantho-2025", "min_quota_unit", 10 * GB, "CT25-5.1"),
+        ("cantho-2025", "min_quota_agency", 10 * GB, "CT25-5.1"),
+        ("cantho-2025", "attachment_max", 20 * MB, "CT25-5.1"),
+        # CT15-4.1: agency unlimited, unit at most 10 GB, personal at most 5 GB.
+        ("cantho-2015", "quota_agency", None, "CT15-4.1"),
+        ("cantho-2015", "max_quota_unit", 10 * GB, "CT15-4.1"),
+        ("cantho-2015", "max_quota_personal", 5 * GB, "CT15-4.1"),
+        # TH13-9: agency at least 500 MB, personal at least 100 MB, attachments at most 10 MB.
+        ("thanhhoa-2013", "min_quota_agency", 500 * MB, "TH13-9"),
+        ("thanhhoa-2013", "min_quota_personal", 100 * MB, "TH13-9"),
+        ("thanhhoa-2013", "attachment_max", 10 * MB, "TH13-9"),
+    ],
+)
+def test_the_regulations_numbers(profile: str, key: str, value: int | None, rule: str) -> None:
+    """Every quota and attachment figure printed in the three regulations, with the article it comes from."""
+    cfg = load_config(None, profile=profile)
+    assert getattr(cfg.mailbox, key) == value
+    assert cfg.origins[f"mailbox.{key}"].rule_id == rule
 
 
 @pytest.mark.parametrize(
@@ -65,6 +90,7 @@ def test_override_outside_bounds_is_refused(profile: str, kind: str, override: i
     check = effective_quota(cfg.mailbox, kind, override, rid)  # type: ignore[arg-type]
     assert check.quota is None and check.refusal is not None
     assert check.refusal.rule_id == rule and check.refusal.text_vi
+    assert format_size(override) in check.refusal.text_en and "byte" not in check.refusal.text_en
 
 
 def test_dovecot_rule() -> None:
