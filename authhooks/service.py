@@ -1,0 +1,564 @@
+"""Every login decision, behind one interface: checkpassword (2.3), the policy server (2.4/LDAP) and the password page.
+
+:class:`AuthService` is synchronous (the stores are); ``congvu authd`` calls it from a
+thread pool.  What it decides, in order:
+
+1. Refuse input no account can match, before any hashing: a malformed name, an empty
+   password, or one longer than ``[password] max_length`` (after NFC).
+2. Lockout (CT25-3.2): a login whose account or client IP is locked is refused without
+   verifying the password.  ``lockout_failures`` distinct wrong passwords for an
+   account within ``lockout_window`` (``lockout_ip_failures`` for one client IP) lock
+   it for ``lockout_duration``.  Repeats of the same wrong password count once (phones
+   retry a stale password endlessly): the store keeps a keyed hash, never the password.
+3. Verify with passlib (a dummy verify for unknown names, so timing does not tell which
+   accounts exist); a deprecated hash is replaced at once.
+4. Decide from the lifecycle: locked (CT25-6.4a), suspended (CT15-5.4), reclaimed
+   (CT25-6.5), cancelled (CT25-6.3) refuse; a new or reset password (CT25-5.2) or an
+   expired one (CT25-6.4b, CT15-11.4) refuses with the change-page URL; the warning
+   window succeeds and records a reminder.
+5. Record the successful login (time, service, client IP) for the inactivity rules.
+
+:func:`checkpassword_reply` maps a result onto the checkpassword protocol (IMAP and POP3
+get ``nologin`` + ``reason=[EXPIRED] …``; SMTP AUTH gets a plain failure, because
+Postfix ignores ``nologin``); ``authhooks.policy_server`` maps the same service onto
+Dovecot's auth policy protocol.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import hashlib
+import hmac
+import ipaddress
+import os
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from twisted.logger import Logger
+
+from authhooks import wire
+from directory.accounts import password_changes
+from directory.hashing import Hasher
+from directory.model import (
+    Account,
+    AccountNotFound,
+    AccountStore,
+    CounterStore,
+    DirectoryUnavailable,
+    StateUnavailable,
+)
+from rules.config import Config
+from rules.decision import Decision, Verdict
+from rules.lifecycle import AccountState
+from rules.limits import dovecot_quota_rule, effective_quota, message_size_limit
+from rules.passwords import ExpiryState, PasswordCheck, PasswordPolicy, normalize_password, password_state_for
+
+log = Logger(namespace="congvu.authhooks")
+
+Clock = Callable[[], datetime]
+
+_ADDRESS = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?@(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+"
+                      r"[a-z]{2,63}$")
+_LOCAL = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")
+
+
+class LoginStatus(enum.Enum):
+    OK = "ok"                      # may use the mailbox
+    MUST_CHANGE = "must_change"    # password right; a new or reset password must be changed first
+    EXPIRED = "expired"            # password right but past its lifetime
+    DISABLED = "disabled"          # password right; locked, suspended, reclaimed or cancelled
+    BAD_PASSWORD = "bad_password"  # wrong password (or refused input)
+    UNKNOWN_USER = "unknown_user"
+    LOCKED_OUT = "locked_out"      # too many failures: refused without verifying
+    UNAVAILABLE = "unavailable"    # directory or state store down: a temporary failure
+
+    @property
+    def password_verified(self) -> bool:
+        return self in (LoginStatus.OK, LoginStatus.MUST_CHANGE, LoginStatus.EXPIRED, LoginStatus.DISABLED)
+
+
+@dataclass(frozen=True, slots=True)
+class LoginAttempt:
+    """One login to judge.  The password never reaches a repr."""
+
+    username: str
+    password: str = field(repr=False)
+    service: str = ""
+    remote_ip: str = ""
+    local_ip: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UserdbFields:
+    """What Dovecot's userdb needs for the session (quota from the mailbox type, CT25-5.1)."""
+
+    user: str
+    home: str
+    uid: str
+    gid: str
+    quota_rule: str
+    max_mail_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class LoginResult:
+    """A decision on a login: status, the rule behind it, and the session's userdb fields."""
+
+    status: LoginStatus
+    decision: Decision
+    address: str = ""
+    userdb: UserdbFields | None = None
+    warning: Decision | None = None  # the expiry reminder on a successful login
+    account: Account | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeResult:
+    """The answer to a password change: accepted, or the reasons (bilingual, cited)."""
+
+    accepted: bool
+    reasons: tuple[Decision, ...] = ()
+    codes: tuple[str, ...] = ()
+    score: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyAnswer:
+    """Dovecot auth policy answer: -1 refuse, 0 accept (msg becomes the client's reason)."""
+
+    status: int
+    msg: str = ""
+
+
+def _d(verdict: Verdict, rule_id: str, vi: str, en: str) -> Decision:
+    return Decision(verdict, rule_id, text_vi=vi, text_en=en)
+
+
+def load_secret(path: Path) -> bytes:
+    """The key for failure fingerprints: read it, or create it (0600) on first start."""
+    try:
+        data = path.read_bytes()
+        if len(data) >= 16:
+            return data
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, secrets.token_bytes(32))
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return path.read_bytes()
+
+
+class AuthService:
+    """The decisions of issue 5 for one site.  Thread-safe as far as its stores are."""
+
+    def __init__(self, cfg: Config, accounts: AccountStore, counters: CounterStore, hasher: Hasher,
+                 secret: bytes, clock: Clock = lambda: datetime.now(UTC)) -> None:
+        self.cfg = cfg
+        self.accounts = accounts
+        self.counters = counters
+        self.hasher = hasher
+        self.clock = clock
+        self._secret = secret
+        self._policy: PasswordPolicy | None = None
+        s = cfg.authhooks
+        self._exempt = tuple(s.lockout_exempt)
+
+    def __repr__(self) -> str:
+        return f"AuthService(site={self.cfg.domain!r})"
+
+    def reconfigure(self, cfg: Config) -> None:
+        """Apply a reloaded config (SIGHUP) to the next decision."""
+        self.cfg = cfg
+        self._policy = None
+        self._exempt = tuple(cfg.authhooks.lockout_exempt)
+
+    # ------------------------------------------------------------------ names
+
+    def canonical(self, username: str) -> str | None:
+        """The address a login name stands for (``nvminh`` → ``nvminh@domain``), or None if it cannot exist."""
+        try:
+            wire.check_login(username)
+        except wire.ProtocolError:
+            return None
+        name = username.strip().lower()
+        if "@" not in name:
+            name = f"{name}@{self.cfg.domain}" if _LOCAL.match(name) else ""
+        return name if _ADDRESS.match(name) else None
+
+    # ------------------------------------------------------------------ login
+
+    def login(self, attempt: LoginAttempt, *, stamp: bool = True) -> LoginResult:
+        """Verify and decide one login (checkpassword, the password page's current password)."""
+        now = self.clock()
+        address = self.canonical(attempt.username)
+        key_name = address or attempt.username.strip().lower()[:wire.MAX_LOGIN]
+        fp = self._fingerprint(key_name, attempt.password)
+        result = self._login(attempt, address, key_name, fp, now, stamp)
+        self._log(attempt, result)
+        return result
+
+    def verify_current(self, username: str, password: str, remote_ip: str = "") -> LoginResult:
+        """The password page's check of the current password: the same lockout and rules, no login stamp.
+
+        MUST_CHANGE and EXPIRED (``status.password_verified``) are what the page exists for.
+        """
+        return self.login(LoginAttempt(username, password, "password-web", remote_ip), stamp=False)
+
+    def _login(self, attempt: LoginAttempt, address: str | None, key_name: str, fp: str,
+               now: datetime, stamp: bool) -> LoginResult:
+        keys = self._failure_keys(key_name, attempt.remote_ip)
+        t = now.timestamp()
+        refused = self._refuse_input(attempt.password)
+        if refused is not None:
+            self._count_failure(keys, fp, t)
+            return LoginResult(LoginStatus.BAD_PASSWORD, refused, address or "")
+        try:
+            locked = self._locked(keys, t)
+        except StateUnavailable as e:
+            log.warn("lockout check skipped, state store unavailable ({err}) [CT25-3.2]", err=str(e))
+            locked = None
+        if locked is not None:
+            return LoginResult(LoginStatus.LOCKED_OUT, locked, address or "")
+        try:
+            account = self.accounts.get(address) if address else None
+        except DirectoryUnavailable as e:
+            return LoginResult(LoginStatus.UNAVAILABLE, self._unavailable(f"directory: {e}"), address or "")
+        if account is None:
+            self.hasher.dummy_verify()
+            self._count_failure(keys, fp, t)
+            return LoginResult(LoginStatus.UNKNOWN_USER, _d(
+                Verdict.REJECT, "CT25-3.2", "Sai tên đăng nhập hoặc mật khẩu.", "Wrong user name or password."),
+                address or "")
+        ok, new_hash = self.hasher.verify(attempt.password, account.password_hash)
+        if not ok:
+            self._count_failure(keys, fp, t)
+            return LoginResult(LoginStatus.BAD_PASSWORD, _d(
+                Verdict.REJECT, "CT25-3.2", "Sai tên đăng nhập hoặc mật khẩu.", "Wrong user name or password."),
+                account.address, account=account)
+        if new_hash:
+            account = self._rehash(account, new_hash)
+        self._forget_failures(keys[:1])
+        return self._lifecycle(account, attempt, now, stamp)
+
+    def _lifecycle(self, account: Account, attempt: LoginAttempt, now: datetime, stamp: bool) -> LoginResult:
+        """The account's state decides, the password being right (CT25-5.2, CT25-6.x, CT15-5.4)."""
+        disabled = self._disabled(account)
+        if disabled is not None:
+            return LoginResult(LoginStatus.DISABLED, disabled, account.address, self.userdb(account),
+                               account=account)
+        pstate = password_state_for(self.cfg, account.mailbox_type, account.password_changed_at,
+                                    account.must_change or account.state is AccountState.MUST_CHANGE_PASSWORD,
+                                    now)
+        if pstate.state is ExpiryState.MUST_CHANGE:
+            return LoginResult(LoginStatus.MUST_CHANGE, pstate.reasons[0], account.address, self.userdb(account),
+                               account=account)
+        if pstate.state is ExpiryState.EXPIRED or account.state is AccountState.PASSWORD_EXPIRED:
+            decision = pstate.reasons[0] if pstate.reasons else _d(
+                Verdict.REJECT, self.cfg.origins[f"password.expiry_{account.mailbox_type}"].rule_id,
+                "Mật khẩu đã hết hạn; hãy đổi mật khẩu mới.", "The password has expired; set a new one.")
+            return LoginResult(LoginStatus.EXPIRED, decision, account.address, self.userdb(account),
+                               account=account)
+        warning = pstate.reasons[0] if pstate.state is ExpiryState.WARN else None
+        if warning is not None:
+            self._remind(account, warning, now)
+        if stamp:
+            try:
+                self.counters.stamp_login(account.address, now.timestamp(), attempt.service, attempt.remote_ip)
+            except StateUnavailable as e:
+                log.warn("login of {user} not stamped, state store unavailable ({err}) [CT25-6.5]",
+                         user=account.address, err=str(e))
+        return LoginResult(LoginStatus.OK, _d(Verdict.PERMIT, "CT25-3.2", "", ""), account.address,
+                           self.userdb(account), warning, account=account)
+
+    def _disabled(self, account: Account) -> Decision | None:
+        st = account.state
+        if st is AccountState.LOCKED:
+            return _d(Verdict.REJECT, "CT25-6.4a", "Hộp thư đang bị tạm khóa; liên hệ quản trị hệ thống.",
+                      "The mailbox is temporarily locked; contact the administrator.")
+        if st is AccountState.SUSPENDED:
+            return _d(Verdict.REJECT, "CT15-5.4",
+                      "Hộp thư bị tạm ngưng do lâu không đăng nhập; liên hệ quản trị hệ thống.",
+                      "The mailbox is suspended after a long time without login; contact the administrator.")
+        if st is AccountState.RECLAIMED:
+            return _d(Verdict.REJECT, "CT25-6.5", "Hộp thư đã bị thu hồi.", "The mailbox has been reclaimed.")
+        if st is AccountState.CANCELLED:
+            return _d(Verdict.REJECT, "CT25-6.3", "Hộp thư đã bị hủy.", "The mailbox has been cancelled.")
+        return None
+
+    def _refuse_input(self, password: str) -> Decision | None:
+        """Refuse before hashing what no stored password can be: empty, or over max_length."""
+        n = self.cfg.password.max_length
+        if not password:
+            return _d(Verdict.REJECT, "CT25-3.2", "Mật khẩu trống.", "Empty password.")
+        if len(password) > 4 * n or len(normalize_password(password)) > n:
+            return _d(Verdict.REJECT, "CT25-5.3", f"Mật khẩu dài quá {n} ký tự.",
+                      f"The password is longer than {n} characters.")
+        return None
+
+    def _unavailable(self, why: str) -> Decision:
+        return _d(Verdict.DEFER, "SUITE", "Tạm thời không xác thực được; thử lại sau.",
+                  f"Authentication temporarily unavailable ({why}); try again later.")
+
+    def _rehash(self, account: Account, new_hash: str) -> Account:
+        try:
+            updated = self.accounts.update(account.address, password_hash=new_hash)
+            log.info("rehashed the password of {user} to the current scheme", user=account.address)
+            return updated
+        except (DirectoryUnavailable, AccountNotFound) as e:
+            log.warn("rehash of {user} not stored ({err})", user=account.address, err=str(e))
+            return account
+
+    def _remind(self, account: Account, warning: Decision, now: datetime) -> None:
+        """Record the expiry reminder once a day (the login itself succeeds)."""
+        try:
+            first = not self.counters.seen(f"pwwarn:{account.address}", self.cfg.authhooks.reminder_every,
+                                           now.timestamp())
+        except StateUnavailable:
+            first = True
+        if first:
+            log.info("password reminder for {user}: {text}", user=account.address, text=warning.text("en"),
+                     rule_id=warning.rule_id)
+
+    # ------------------------------------------------------------------ lockout
+
+    def _fingerprint(self, name: str, password: str) -> str:
+        """A keyed hash of (name, password): repeats of one wrong password match, the password stays unknown."""
+        return hmac.new(self._secret, f"{name}\0{password}".encode("utf-8", "surrogatepass"),
+                        hashlib.sha256).hexdigest()[:32]
+
+    def _failure_keys(self, name: str, ip: str) -> list[tuple[str, int]]:
+        s = self.cfg.authhooks
+        keys = [(f"authfail:user:{name}", s.lockout_failures)]
+        if ip and s.lockout_ip_failures > 0 and not self._exempt_ip(ip):
+            keys.append((f"authfail:ip:{ip}", s.lockout_ip_failures))
+        return keys
+
+    def _exempt_ip(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self._exempt)
+
+    def _locked(self, keys: list[tuple[str, int]], t: float) -> Decision | None:
+        for key, _limit in keys:
+            until = self.counters.locked_until(key, t)
+            if until is not None:
+                what = "tài khoản" if ":user:" in key else "địa chỉ IP"
+                return _d(Verdict.REJECT, "CT25-3.2",
+                          f"Đăng nhập sai quá nhiều lần; {what} bị khóa tạm thời.",
+                          f"Too many failed logins; locked until {datetime.fromtimestamp(until, UTC):%H:%M:%S} UTC.")
+        return None
+
+    def _count_failure(self, keys: list[tuple[str, int]], fp: str, t: float) -> None:
+        s = self.cfg.authhooks
+        if s.lockout_failures <= 0:
+            return
+        try:
+            for key, limit in keys:
+                n = self.counters.record_failure(key, fp, s.lockout_window, t)
+                if limit > 0 and n >= limit:
+                    self.counters.lock(key, t + s.lockout_duration.total_seconds(), t)
+                    log.warn("lockout: {key} after {n} distinct failures, for {dur} [CT25-3.2]",
+                             key=key, n=n, dur=str(s.lockout_duration), rule_id="CT25-3.2")
+        except StateUnavailable as e:
+            log.warn("login failure not counted, state store unavailable ({err}) [CT25-3.2]", err=str(e))
+
+    def _forget_failures(self, keys: list[tuple[str, int]]) -> None:
+        """A right password clears the account's failures (not the IP's: one good login proves little)."""
+        try:
+            for key, _ in keys:
+                self.counters.clear_failures(key)
+        except StateUnavailable:
+            pass
+
+    # ------------------------------------------------------------------ userdb
+
+    def userdb(self, account: Account) -> UserdbFields:
+        """USER, HOME, uid/gid and the quota rule for the mailbox type (CT25-5.1, CT15-4.1, TH13-9)."""
+        s = self.cfg.authhooks
+        kind = account.mailbox_type
+        check = effective_quota(self.cfg.mailbox, kind, account.quota_override,
+                                self.cfg.origins[f"mailbox.quota_{kind}"].rule_id)
+        quota = check.quota
+        if check.refusal is not None:
+            log.warn("quota override of {user} refused ({why}); using the {kind} default",
+                     user=account.address, why=check.refusal.text("en"), kind=kind)
+            quota = self.cfg.mailbox.quota(kind)
+        home = s.home.format(domain=account.domain, local_part=account.local_part, address=account.address)
+        return UserdbFields(account.address, home, s.uid, s.gid, dovecot_quota_rule(quota),
+                            message_size_limit(self.cfg.mailbox))
+
+    def lookup(self, username: str) -> LoginResult:
+        """A userdb lookup (delivery, doveadm): no password; cancelled and reclaimed mailboxes do not exist."""
+        address = self.canonical(username)
+        if address is None:
+            return LoginResult(LoginStatus.UNKNOWN_USER, _d(Verdict.REJECT, "SUITE", "", "no such user"))
+        try:
+            account = self.accounts.get(address)
+        except DirectoryUnavailable as e:
+            return LoginResult(LoginStatus.UNAVAILABLE, self._unavailable(f"directory: {e}"), address)
+        if account is None or account.state in (AccountState.CANCELLED, AccountState.RECLAIMED):
+            return LoginResult(LoginStatus.UNKNOWN_USER, _d(Verdict.REJECT, "CT25-6.3", "", "no such mailbox"),
+                               address)
+        return LoginResult(LoginStatus.OK, _d(Verdict.PERMIT, "SUITE", "", ""), account.address,
+                           self.userdb(account), account=account)
+
+    # ------------------------------------------------------------------ password change
+
+    def policy(self) -> PasswordPolicy:
+        if self._policy is None:
+            self._policy = PasswordPolicy.from_config(self.cfg)
+        return self._policy
+
+    def change_password(self, address: str, new_password: str, *, remote_ip: str = "") -> ChangeResult:
+        """Set a new password for an account whose current password the caller has verified.
+
+        Enforces the policy (CT25-5.3 & co), refuses the current and the last ``history``
+        passwords, stores the hash, clears must_change, sets password_changed_at and
+        lifts the lockout, so the next IMAP login succeeds at once.
+        """
+        try:
+            account = self.accounts.get(address)
+        except DirectoryUnavailable as e:
+            return ChangeResult(False, (self._unavailable(f"directory: {e}"),), ("unavailable",))
+        if account is None:
+            return ChangeResult(False, (_d(Verdict.REJECT, "SUITE", "Không có hộp thư này.", "No such mailbox."),),
+                                ("unknown_user",))
+        check: PasswordCheck = self.policy().check(new_password, local_part=account.local_part,
+                                                   full_name=account.full_name, agency=account.agency)
+        if not check.accepted:
+            return ChangeResult(False, check.reasons, check.codes, check.score)
+        keep = self.cfg.password.history
+        previous = (account.password_hash, *account.password_history[:keep])
+        if self.hasher.matches_any(new_password, previous):
+            return ChangeResult(False, (_d(
+                Verdict.REJECT, self.policy().rule("history"),
+                f"Mật khẩu mới không được trùng mật khẩu hiện tại hoặc {keep} mật khẩu gần nhất.",
+                f"The new password must differ from the current one and the last {keep}."),),
+                ("reused",), check.score)
+        now = self.clock()
+        changes = password_changes(account, self.hasher.hash(new_password), history=keep, must_change=False,
+                                   now=now)
+        if account.state in (AccountState.MUST_CHANGE_PASSWORD, AccountState.PASSWORD_EXPIRED):
+            changes["state"] = AccountState.ACTIVE
+        try:
+            self.accounts.update(account.address, **changes)
+        except (DirectoryUnavailable, AccountNotFound) as e:
+            return ChangeResult(False, (self._unavailable(f"directory: {e}"),), ("unavailable",))
+        t = now.timestamp()
+        try:
+            self.counters.unlock(f"authfail:user:{account.address}")
+            self.counters.clear_failures(f"authfail:user:{account.address}")
+        except StateUnavailable:
+            pass
+        log.info("password changed for {user} from {ip} [CT25-5.2: must_change cleared]",
+                 user=account.address, ip=remote_ip or "-", t=t)
+        return ChangeResult(True, score=check.score)
+
+    # ------------------------------------------------------------------ auth policy server
+
+    def policy_allow(self, login: str, remote_ip: str, protocol: str, authed: bool) -> PolicyAnswer:
+        """``command=allow``: before authentication only the lockout; after it (``authed``) the lifecycle too."""
+        now = self.clock()
+        address = self.canonical(login)
+        key_name = address or login.strip().lower()[:wire.MAX_LOGIN]
+        try:
+            locked = self._locked(self._failure_keys(key_name, remote_ip), now.timestamp())
+        except StateUnavailable:
+            locked = None
+        if locked is not None:
+            log.info("policy allow: {user} locked out [CT25-3.2]", user=key_name)
+            return PolicyAnswer(-1)
+        if not authed or address is None:
+            return PolicyAnswer(0)
+        try:
+            account = self.accounts.get(address)
+        except DirectoryUnavailable as e:
+            log.warn("policy allow: directory unavailable ({err}); not refusing", err=str(e))
+            return PolicyAnswer(0)
+        if account is None:
+            return PolicyAnswer(0)  # the passdb knows a user we do not: not ours to judge
+        result = self._lifecycle(account, LoginAttempt(login, "", protocol, remote_ip), now, stamp=False)
+        self._log(LoginAttempt(login, "", protocol, remote_ip), result, via="policy")
+        if result.status is LoginStatus.OK:
+            return PolicyAnswer(0)
+        return PolicyAnswer(-1, self.client_reason(result))
+
+    def policy_report(self, login: str, remote_ip: str, protocol: str, pwhash: str, success: bool,
+                      policy_reject: bool) -> None:
+        """``command=report``: count a wrong password (by Dovecot's keyed pwhash), or stamp a success."""
+        now = self.clock()
+        t = now.timestamp()
+        address = self.canonical(login)
+        key_name = address or login.strip().lower()[:wire.MAX_LOGIN]
+        keys = self._failure_keys(key_name, remote_ip)
+        if success:
+            self._forget_failures(keys[:1])
+            if address is not None:
+                with contextlib.suppress(StateUnavailable):
+                    self.counters.stamp_login(address, t, protocol, remote_ip)
+        elif not policy_reject:
+            self._count_failure(keys, self._fingerprint(key_name, f"policy:{pwhash}"), t)
+
+    # ------------------------------------------------------------------ presentation
+
+    def client_reason(self, result: LoginResult) -> str:
+        """The one-line reason a mail client shows: an RFC 5530 code, the URL, the rule."""
+        lang = self.cfg.language
+        text = result.decision.text(lang)
+        if result.status in (LoginStatus.MUST_CHANGE, LoginStatus.EXPIRED):
+            line = f"[EXPIRED] {self.cfg.change_url} - {text}"
+        else:
+            line = f"[CONTACTADMIN] {text}"
+        return " ".join(line.split())  # no TAB or newline can reach Dovecot
+
+    def _log(self, attempt: LoginAttempt, result: LoginResult, via: str = "checkpassword") -> None:
+        d = result.decision
+        log.info("login {status} user={user} service={service} rip={rip} via={via} [{rule_id}: {cite}]",
+                 status=result.status.value, user=result.address or attempt.username[:64],
+                 service=attempt.service or "-", rip=attempt.remote_ip or "-", via=via,
+                 rule_id=d.rule_id, cite=d.citation)
+
+
+#: Services where ``nologin`` + ``reason`` reaches the user; elsewhere (smtp, submission) a refusal is exit 1.
+def checkpassword_reply(service: AuthService, result: LoginResult, protocol: str, lookup: bool) -> wire.AuthReply:
+    """A LoginResult in checkpassword's terms (exit code and exported fields), for the hook."""
+    st = result.status
+    if st is LoginStatus.UNAVAILABLE:
+        return wire.AuthReply(wire.TEMPFAIL, message=result.decision.text("en"))
+    if st is LoginStatus.UNKNOWN_USER:
+        return wire.AuthReply(wire.UNKNOWN)
+    if st in (LoginStatus.BAD_PASSWORD, LoginStatus.LOCKED_OUT):
+        return wire.AuthReply(wire.FAIL)
+    exports = _userdb_exports(result.userdb) if result.userdb is not None else (("USER", result.address),)
+    if st is LoginStatus.OK or lookup:
+        return wire.AuthReply(wire.OK, exports)
+    # Password right, mailbox not usable: IMAP/POP3 show the reason, SMTP AUTH must simply fail.
+    if protocol.lower() in service.cfg.authhooks.nologin_services:
+        return wire.AuthReply(wire.OK, (*exports, ("nologin", "y"), ("reason", service.client_reason(result))))
+    return wire.AuthReply(wire.FAIL)
+
+
+def _userdb_exports(u: UserdbFields) -> tuple[tuple[str, str], ...]:
+    return (("USER", u.user), ("HOME", u.home), ("userdb_uid", u.uid), ("userdb_gid", u.gid),
+            ("userdb_quota_rule", u.quota_rule), ("userdb_quota_max_mail_size", str(u.max_mail_size)))
+
+
+def answer(service: AuthService, request: wire.AuthRequest) -> wire.AuthReply:
+    """One hook request → its reply (what authd runs in its thread pool)."""
+    if request.op == wire.OP_LOOKUP:
+        return checkpassword_reply(service, service.lookup(request.username), request.service, True)
+    attempt = LoginAttempt(request.username, request.password, request.service, request.remote_ip,
+                           request.local_ip)
+    return checkpassword_reply(service, service.login(attempt), request.service, False)

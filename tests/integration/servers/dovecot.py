@@ -1,0 +1,262 @@
+"""A throwaway Dovecot 2.3 for the end-to-end auth tests (issue 5), started as root.
+
+Everything lives in one temp dir: ``base_dir``, ``state_dir``, the log, the mail and
+``dovecot.conf``, which is a small test base (loopback IMAP, POP3 and an auth-client TCP
+listener for Postfix SASL; no TLS; no auth failure delay or penalty so lockout tests
+run at full speed) followed by the auth configuration the test hands in — normally
+the shipped ``conf/dovecot/`` snippets, with two documented substitutions only: the
+hook path becomes the installed ``.venv/bin/congvu-checkpassword`` and the socket path
+the test's ``authd`` socket.  Dovecot's own processes drop to ``dovecot``/``dovenull``
+as in production, so the hook runs as ``dovecot`` exactly as it would on a server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import imaplib
+import os
+import poplib
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.support import free_port, need, wait_port
+
+REPO = Path(__file__).resolve().parents[3]
+DOVECOT_CONF = REPO / "conf" / "dovecot"
+HOOK = REPO / ".venv" / "bin" / "congvu-checkpassword"
+#: Paths written in the shipped snippets, replaced by the test's own.
+SHIPPED_HOOK = "/usr/local/bin/congvu-checkpassword"
+SHIPPED_SOCKET = "/run/congvu/authd.sock"
+#: Owner of the test mail (Dovecot refuses root for mail; nobody/nogroup exist everywhere).
+MAIL_UID = MAIL_GID = 65534
+
+
+def shipped(name: str, *, hook: str | Path = HOOK, socket_path: str | Path = "") -> str:
+    """A conf/dovecot snippet with the hook and socket paths pointed at this test's."""
+    text = (DOVECOT_CONF / name).read_text(encoding="utf-8")
+    text = text.replace(SHIPPED_HOOK, str(hook))
+    if socket_path:
+        text = text.replace(SHIPPED_SOCKET, str(socket_path))
+    return text
+
+
+class SourceIMAP(imaplib.IMAP4):
+    """imaplib.IMAP4 from a chosen loopback source address (the client IP Dovecot reports)."""
+
+    def __init__(self, host: str, port: int, source: str, timeout: float = 30.0) -> None:
+        self._source = source
+        super().__init__(host, port, timeout=timeout)
+        self._encoding = "utf-8"  # Vietnamese passwords: imaplib's default ASCII cannot send them
+
+    def _create_socket(self, timeout: float | None) -> socket.socket:
+        return socket.create_connection((self.host, self.port), timeout, source_address=(self._source, 0))
+
+
+class DovecotServer:
+    """One Dovecot instance in ``root``: build(auth_conf) once, then start()/stop()."""
+
+    def __init__(self, root: Path, dovecot: str = "/usr/sbin/dovecot", doveadm: str = "/usr/bin/doveadm") -> None:
+        self.root = root
+        self.dovecot, self.doveadm_bin = dovecot, doveadm
+        self.conf = root / "dovecot.conf"
+        self.base_dir = root / "run"
+        self.state_dir = root / "state"
+        self.mail_dir = root / "mail"
+        self.log = root / "dovecot.log"
+        self.host = "127.0.0.1"
+        self.imap_port = free_port()
+        self.pop3_port = free_port()
+        self.auth_port = free_port()  # auth-client protocol over TCP, for Postfix SASL
+        self.auth_user = "$default_internal_user"  # dovecot, as in production (see auth_user_for_hook)
+
+    def __repr__(self) -> str:
+        return f"DovecotServer(imap={self.host}:{self.imap_port}, pop3={self.host}:{self.pop3_port})"
+
+    def build(self, auth_conf: str) -> None:
+        for d in (self.base_dir, self.state_dir, self.mail_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        os.chown(self.mail_dir, MAIL_UID, MAIL_GID)
+        self.conf.write_text(self._base() + "\n# ---- auth configuration under test ----\n" + auth_conf,
+                             encoding="utf-8")
+        out = subprocess.run(["doveconf", "-c", str(self.conf), "-n"], capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise RuntimeError(f"doveconf refused the test config: {out.stderr.strip()}")
+
+    def _base(self) -> str:
+        return f"""\
+# Test base for the throwaway instance (tests/integration/servers/dovecot.py).
+base_dir = {self.base_dir}
+state_dir = {self.state_dir}
+instance_name = congvu-test-{self.imap_port}
+log_path = {self.log}
+info_log_path = {self.log}
+auth_verbose = yes
+protocols = imap pop3
+listen = {self.host}
+ssl = no
+disable_plaintext_auth = no
+mail_location = maildir:~/Maildir
+first_valid_uid = {MAIL_UID}
+last_valid_uid = {MAIL_UID}
+auth_failure_delay = 0
+login_trusted_networks =
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
+service imap-login {{
+  inet_listener imap {{
+    port = {self.imap_port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    port = {self.pop3_port}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}
+service auth {{
+  user = {self.auth_user}
+  inet_listener congvu-sasl {{
+    address = {self.host}
+    port = {self.auth_port}
+  }}
+}}
+"""
+
+    def start(self) -> None:
+        # Not a pipe: the daemonised master keeps its stdio, and run() would wait for EOF forever.
+        with (self.root / "start.err").open("w+") as err:
+            done = subprocess.run([self.dovecot, "-c", str(self.conf)], stdin=subprocess.DEVNULL,
+                                  stdout=err, stderr=err, check=False)
+            err.seek(0)
+            if done.returncode != 0:
+                raise RuntimeError(f"dovecot did not start: {err.read().strip()}\n{self.log_tail()}")
+        wait_port(self.host, self.imap_port)
+        wait_port(self.host, self.pop3_port)
+        wait_port(self.host, self.auth_port)
+
+    def stop(self) -> None:
+        pid_file = self.base_dir / "master.pid"
+        try:
+            pid = int(pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    # ------------------------------------------------------------------ clients
+    def imap(self, source: str = "127.0.0.1") -> imaplib.IMAP4:
+        return SourceIMAP(self.host, self.imap_port, source)
+
+    def imap_login(self, user: str, password: str, source: str = "127.0.0.1", *,
+                   plain: bool = False) -> tuple[bool, str]:
+        """(logged in, server text): the tagged answer of LOGIN (or AUTHENTICATE PLAIN if ``plain``)."""
+        c = self.imap(source)
+        try:
+            if plain:
+                token = f"\0{user}\0{password}".encode()
+                c.authenticate("PLAIN", lambda _challenge: token)
+            else:
+                c.login(user, password)
+            return True, "OK"
+        except imaplib.IMAP4.error as e:
+            return False, str(e)
+        finally:
+            with contextlib.suppress(imaplib.IMAP4.error, OSError):
+                c.logout()
+
+    def pop3_login(self, user: str, password: str) -> tuple[bool, str]:
+        c = poplib.POP3(self.host, self.pop3_port, timeout=30)
+        try:
+            c.user(user)
+            c.pass_(password)
+            return True, "OK"
+        except poplib.error_proto as e:
+            return False, e.args[0].decode("utf-8", "replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+        finally:
+            with contextlib.suppress(poplib.error_proto, OSError):
+                c.quit()
+
+    def doveadm(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([self.doveadm_bin, "-c", str(self.conf), *args], capture_output=True, text=True,
+                              check=False, timeout=60)
+
+
+def auth_user_for_hook() -> str:
+    """The user Dovecot's auth process (which forks the hook) runs as in these tests.
+
+    ``dovecot``, as in production, when that user can run the installed hook's
+    interpreter.  A development venv built on an interpreter under /root (pyenv) cannot
+    be run by ``dovecot``; there, and only there, the auth process runs as root.
+    """
+    interpreter = HOOK.read_text(encoding="utf-8").splitlines()[0].removeprefix("#!").strip()
+    probe = subprocess.run(["runuser", "-u", "dovecot", "--", interpreter, "-c", "pass"],
+                           capture_output=True, check=False)
+    return "$default_internal_user" if probe.returncode == 0 else "root"
+
+
+@pytest.fixture(scope="session")
+def dovecot_factory() -> Iterator[Callable[[str], DovecotServer]]:
+    """Start Dovecots with a given auth configuration; every one is stopped at the end.
+
+    The temp dirs are world-traversable (Dovecot's processes run as dovecot and nobody),
+    so they are not under pytest's 0700 basetemp.
+    """
+    dovecot = need("dovecot", "dovecot-core")
+    doveadm = need("doveadm", "dovecot-core")
+    need("doveconf", "dovecot-core")
+    if not (Path("/usr/lib/dovecot/imap").exists() and Path("/usr/lib/dovecot/pop3").exists()):
+        pytest.fail("Dovecot's imap or pop3 missing: install dovecot-imapd dovecot-pop3d", pytrace=False)
+    started: list[DovecotServer] = []
+    if not HOOK.exists():
+        pytest.fail(f"{HOOK} missing: pip install -e . (it installs the congvu-checkpassword script)",
+                    pytrace=False)
+    auth_user = auth_user_for_hook()
+
+    def make(auth_conf: str) -> DovecotServer:
+        root = Path(tempfile.mkdtemp(prefix="congvu-dovecot-"))
+        root.chmod(0o755)
+        server = DovecotServer(root, dovecot=dovecot, doveadm=doveadm)
+        server.auth_user = auth_user
+        started.append(server)
+        server.build(auth_conf)
+        server.start()
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in started:
+            server.stop()
+            shutil.rmtree(server.root, ignore_errors=True)
