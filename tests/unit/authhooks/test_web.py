@@ -17,7 +17,17 @@ import pytest
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
 from authhooks.service import AuthService
-from authhooks.web import COOKIE, Csrf, PasswordWeb, WebRequest, WebResponse, client_ip, origin_allowed, parse_form
+from authhooks.web import (
+    COOKIE,
+    Csrf,
+    PasswordWeb,
+    WebRequest,
+    WebResponse,
+    client_ip,
+    origin_allowed,
+    parse_form,
+    rules_list,
+)
 from directory.accounts import open_accounts
 from directory.counters import open_counters
 from directory.hashing import Hasher
@@ -122,7 +132,6 @@ def test_page_in_english_on_request(site: Site) -> None:
 def test_page_rules_follow_the_profile(tmp_path: Path) -> None:
     """Under cantho-2015 shared mailboxes show the 60-day lifetime of CT15-11.4."""
     cfg = config_from_mapping({"state_dir": str(tmp_path), "profile": "cantho-2015"})
-    from authhooks.web import rules_list
     lines = {d.rule_id: d.text_vi for d in rules_list(cfg)}
     assert "60 ngày" in lines["CT15-11.4"] and "90 ngày" in lines["CT15-10.3"]
 
