@@ -2,9 +2,12 @@
 
 A Twisted unix-socket server speaking :mod:`authhooks.wire` (the protocol class only
 buffers; framing is wire's, decisions are :class:`authhooks.service.AuthService`'s),
-the auth policy HTTP server on ``[authhooks] policy_listen``, and a periodic flush of
-login stamps to the directory (``last_login_at``, CT25-6.5).  Password hashing and
-directory calls run in a dedicated thread pool of ``[authhooks] threads`` threads.
+the auth policy HTTP server on ``[authhooks] policy_listen``, the password page on
+``[authhooks] web_listen`` (same AuthService and pool: a change decides the very next
+login, CT25-5.2), and a periodic flush of login stamps to the directory
+(``last_login_at``, CT25-6.5).  Password hashing and directory calls run in a dedicated
+thread pool of ``[authhooks] threads`` threads.  An endpoint that cannot be opened stops
+the start with one line naming the setting and the endpoint (:mod:`authhooks.endpoints`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
@@ -26,8 +29,10 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
 from authhooks import wire
+from authhooks.endpoints import ListenFailed, failure_message, listen
 from authhooks.policy_server import PolicyResource
 from authhooks.service import AuthService, answer, load_secret
+from authhooks.web import PasswordWebService, start_web
 from directory.accounts import hasher_for, open_store
 from directory.counters import LoginStampFlusher, open_counters
 from rules.config import Config
@@ -137,18 +142,22 @@ class Authd:
         self.ports: list[Any] = []  # IListeningPort (zope interfaces do not type-check as classes)
         self.listening: list[str] = []
         self.flusher: LoopingCall | None = None
+        self.web: PasswordWebService | None = None
 
     @defer.inlineCallbacks
     def start(self) -> Any:
-        """Listen on the unix socket and the policy endpoints; fires with self (or fails, closed again)."""
+        """Listen on the unix socket, the policy endpoints and the page; fires with self (or fails, closed again)."""
         self.pool.start()
         try:
             path = socket_path(self.cfg)
             path.parent.mkdir(parents=True, exist_ok=True)
             if (path.is_socket() or path.exists()) and not _answers(path):
                 path.unlink()  # left by a process that died: nobody answers on it any more
-            port = self.reactor.listenUNIX(str(path), AuthdFactory(self.service, self.reactor, self.pool),
-                                           mode=0o660)
+            try:
+                port = self.reactor.listenUNIX(str(path), AuthdFactory(self.service, self.reactor, self.pool),
+                                               mode=0o660)
+            except CannotListenError as e:
+                raise ListenFailed(failure_message("auth socket", f"unix:{path}", "socket", e)) from None
             self.ports.append(port)
             os.chmod(path, 0o660)
             if self.cfg.authhooks.socket_group:
@@ -157,9 +166,12 @@ class Authd:
             for endpoint in self.cfg.authhooks.policy_listen:
                 site = Site(PolicyResource(self.service, self.reactor, self.pool))  # type: ignore[no-untyped-call]
                 site.noisy = False
-                ep = serverFromString(self.reactor, endpoint)  # type: ignore[no-untyped-call]
-                self.ports.append((yield ep.listen(site)))
+                self.ports.append((yield listen(self.reactor, endpoint, site, what="auth policy server",
+                                                setting="policy_listen")))
                 self.listening.append(f"{endpoint} (Dovecot auth policy server)")
+            # The page shares this service and pool: a change here decides the very next login.
+            self.web = yield start_web(self.cfg, self.reactor, self.service, self.pool)
+            self.listening.extend(self.web.listening)
         except Exception:
             yield self.stop()
             raise
@@ -178,11 +190,16 @@ class Authd:
         """New rules apply to the next login; socket and endpoint changes need a restart."""
         self.service.reconfigure(cfg)
         self.cfg = cfg
+        if self.web is not None:
+            self.web.reload(cfg)
 
     @defer.inlineCallbacks
     def stop(self) -> Any:
         if self.flusher is not None and self.flusher.running:
             self.flusher.stop()
+        web, self.web = self.web, None
+        if web is not None:
+            yield web.stop()
         ports, self.ports = self.ports, []
         yield defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports], consumeErrors=True)
         if self.pool.started:

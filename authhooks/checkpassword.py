@@ -13,6 +13,10 @@ Usage, in Dovecot's ``passdb { args = … }`` (argv is split on single spaces)::
 
     congvu-checkpassword [--socket PATH] [--timeout SECONDS] [--config FILE]
 
+Deploy it through the launcher ``congvu authd hook-script FILE`` writes
+(:mod:`authhooks.launcher`): the same ``main`` under ``python -S``, ~25 ms faster per
+login than pip's console script, which skips nothing.
+
 The socket is ``--socket``, else ``$CONGVU_AUTH_SOCKET``, else ``[authhooks] socket`` of
 ``--config``/``$CONGVU_CONFIG``/``/etc/congvu/congvu.toml`` (default STATE_DIR/authd.sock).
 It never prints a traceback and never prints the password.

@@ -197,22 +197,27 @@ class AuthService:
 
     # ------------------------------------------------------------------ login
 
-    def login(self, attempt: LoginAttempt, *, stamp: bool = True) -> LoginResult:
-        """Verify and decide one login (checkpassword, the password page's current password)."""
+    def login(self, attempt: LoginAttempt, *, stamp: bool = True, via: str = "checkpassword") -> LoginResult:
+        """Verify and decide one login (checkpassword, the password page's current password).
+
+        ``via`` names the path in the decision's log line (checkpassword, web-api, …).
+        """
         now = self.clock()
         address = self.canonical(attempt.username)
         key_name = address or attempt.username.strip().lower()[:wire.MAX_LOGIN]
         fp = self._fingerprint(key_name, attempt.password)
         result = self._login(attempt, address, key_name, fp, now, stamp)
-        self._log(attempt, result)
+        self._log(attempt, result, via=via)
         return result
 
-    def verify_current(self, username: str, password: str, remote_ip: str = "") -> LoginResult:
+    def verify_current(self, username: str, password: str, remote_ip: str = "", *, via: str = "web") -> LoginResult:
         """The password page's check of the current password: the same lockout and rules, no login stamp.
 
         MUST_CHANGE and EXPIRED (``status.password_verified``) are what the page exists for.
+        Logged ``via=web`` (or the page's own ``web-page``/``web-api``/``web-form``), never
+        ``via=checkpassword``: no Dovecot login happened.
         """
-        return self.login(LoginAttempt(username, password, "password-web", remote_ip), stamp=False)
+        return self.login(LoginAttempt(username, password, "password-web", remote_ip), stamp=False, via=via)
 
     def _login(self, attempt: LoginAttempt, address: str | None, key_name: str, fp: str,
                now: datetime, stamp: bool) -> LoginResult:

@@ -54,7 +54,6 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from twisted.internet import defer
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -62,6 +61,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
+from authhooks.endpoints import listen
 from authhooks.service import AuthService, ChangeResult, LoginResult, LoginStatus, load_secret
 from directory.model import StateUnavailable
 from rules.config import Config
@@ -461,7 +461,7 @@ class PasswordWeb:
         retry = self._limit(f"pwweb:user:{address or user.lower()[:254]}", s.web_rate_user, s.web_rate_window)
         if retry is not None:
             return self._logged(self._rate_refusal(retry), user, ip, via)
-        current = self.service.verify_current(user, curpass, ip)
+        current = self.service.verify_current(user, curpass, ip, via=f"web-{via}")
         refused = self._refuse_login(current)
         if refused is not None:
             return self._logged(refused, user, ip, via)
@@ -791,8 +791,8 @@ class PasswordWebService:
                 site = Site(WebResource(self.app, self._run))  # type: ignore[no-untyped-call]
                 site.noisy = False
                 site.displayTracebacks = False
-                ep = serverFromString(self.reactor, endpoint)  # type: ignore[no-untyped-call]
-                self.ports.append((yield ep.listen(site)))
+                self.ports.append((yield listen(self.reactor, endpoint, site, what="password page",
+                                                setting="web_listen")))
                 self.listening.append(f"{endpoint} (password page, POST /api/password)")
         except Exception:
             yield self.stop()

@@ -2,20 +2,25 @@
 
 One run measures, on this machine:
 
-1. **Hook wall time**: ``.venv/bin/congvu-checkpassword`` run exactly as Dovecot runs it
-   (user/password on fd 3, fd 4 open, Dovecot's real ``checkpassword-reply`` exec'd at the
-   end) against a running ``congvu authd``, against the bare interpreter start-up
-   ``python3 -c pass`` (the venv's python3, which the hook's shebang uses; the system
-   ``/usr/bin/python3 -c pass`` is printed as well).  Target: hook ≤ 2× bare start-up.
+1. **Hook wall time**: the hook run exactly as Dovecot runs it (user/password on fd 3,
+   fd 4 open, Dovecot's real ``checkpassword-reply`` exec'd at the end) against a running
+   ``congvu authd``, against the bare interpreter start-up ``python3 -c pass`` (the venv's
+   python3, which the hook's ``#!`` line names; ``python3 -S -c pass`` and the system
+   ``/usr/bin/python3 -c pass`` are printed as well).  Target: hook ≤ 2× bare start-up.
+   The hook is the launcher the shipped snippet recommends, generated for this run by
+   its own command (``congvu authd hook-script FILE``); pip's console script
+   ``.venv/bin/congvu-checkpassword`` is measured beside it for comparison.
 2. **End-to-end IMAP logins per second** (connect, LOGIN, LOGOUT; ``--clients`` parallel
-   imaplib clients for ``--duration`` seconds each) through three throwaway Dovecot 2.3
+   imaplib clients for ``--duration`` seconds each) through four throwaway Dovecot 2.3
    instances started by ``tests/integration/servers/dovecot.py``:
 
    * ``passwd-file``: Dovecot's own ``passwd-file`` passdb/userdb, the baseline (the
-     three instances run side by side and are measured in round-robin slices, so the
-     load of other processes on a shared machine falls on each path alike);
-   * ``hook``: the shipped ``conf/dovecot/congvu-checkpassword.conf.ext`` (a fork of the
-     hook per login, decisions by authd).  Target ≥ 45% of passwd-file;
+     instances run side by side and are measured in round-robin slices, so the load of
+     other processes on a shared machine falls on each path alike);
+   * ``hook``: the shipped ``conf/dovecot/congvu-checkpassword.conf.ext`` with the
+     launcher (a fork of it per login, decisions by authd).  Target ≥ 45% of passwd-file;
+   * ``hook-console``: the same snippet with pip's console script instead (what the
+     launcher replaces; ``--no-console`` leaves it out);
    * ``policy``: the baseline passdb plus the shipped ``congvu-policy.conf.ext`` (authd's
      auth policy server asked before and after each login, and told the result).
      Target ≥ 80% of passwd-file.
@@ -31,6 +36,7 @@ Needs root (Dovecot drops to its users) and Debian's dovecot-core + dovecot-imap
 
     .venv/bin/python bench/auth_bench.py                      # 10 s per server, 4 clients
     .venv/bin/python bench/auth_bench.py --duration 5 --clients 8 --hook-runs 100
+    .venv/bin/python bench/auth_bench.py --hook /path/to/other-hook   # measure another hook program
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -58,17 +65,19 @@ from directory.accounts import hasher_for, open_store  # noqa: E402
 from directory.model import Account  # noqa: E402
 from rules.config import load_config  # noqa: E402
 from tests.integration.servers.dovecot import (  # noqa: E402
+    CHECKPASSWORD_SNIPPET,
+    CONSOLE_HOOK,
     DOVECOT_CONF,
     MAIL_GID,
     MAIL_UID,
     DovecotServer,
     auth_user_for_hook,
+    generate_launcher,
     shipped,
 )
 from tests.integration.support import free_port  # noqa: E402
 
 VENV_PY = REPO / ".venv" / "bin" / "python3"
-HOOK = REPO / ".venv" / "bin" / "congvu-checkpassword"
 REPLY = "/usr/lib/dovecot/checkpassword-reply"
 PASSWORD = "Ben-Ninh-Kieu-9!"  # ASCII: imaplib sends LOGIN arguments as ASCII
 DOMAIN = "cantho.gov.vn"
@@ -97,6 +106,7 @@ gid = "{MAIL_GID}"
 home = "{self.mail}/{{domain}}/{{local_part}}"
 lockout_exempt = ["127.0.0.1/32"]
 policy_listen = ["tcp:{self.policy_port}:interface=127.0.0.1"]
+web_listen = []
 """, encoding="utf-8")
         self.socket = root / "var" / "authd.sock"
         cfg = load_config(self.config)
@@ -139,7 +149,7 @@ policy_listen = ["tcp:{self.policy_port}:interface=127.0.0.1"]
 # --------------------------------------------------------------------------- 1. the hook alone
 
 
-def run_hook(site: Site, user: str) -> float:
+def run_hook(hook: Path, site: Site, user: str) -> float:
     """One hook run as Dovecot does it (fd 3 in, fd 4 to the reply); its wall time in seconds."""
     r3, w3 = os.pipe()
     r4, w4 = os.pipe()
@@ -153,7 +163,7 @@ def run_hook(site: Site, user: str) -> float:
     env = {"PATH": "/usr/bin:/bin", "SERVICE": "imap", "TCPREMOTEIP": "127.0.0.1", "PROTO": "TCP",
            "ORIG_UID": str(os.getuid()), "CONGVU_AUTH_SOCKET": str(site.socket)}
     t0 = time.perf_counter()
-    proc = subprocess.run([str(HOOK), REPLY], pass_fds=(3, 4, r3, w4), preexec_fn=onto_3_and_4,
+    proc = subprocess.run([str(hook), REPLY], pass_fds=(3, 4, r3, w4), preexec_fn=onto_3_and_4,
                           capture_output=True, env=env, check=False)
     elapsed = time.perf_counter() - t0
     os.close(r3)
@@ -165,24 +175,33 @@ def run_hook(site: Site, user: str) -> float:
     return elapsed
 
 
-def run_bare(python: str) -> float:
+def run_bare(*argv: str) -> float:
     t0 = time.perf_counter()
-    subprocess.run([python, "-c", "pass"], check=True)
+    subprocess.run([*argv, "-c", "pass"], check=True)
     return time.perf_counter() - t0
 
 
-def hook_figures(site: Site, runs: int) -> dict[str, float]:
-    for u in site.users[:3]:  # warm the page cache and authd's directory cache
-        run_hook(site, u)
-        run_bare(str(VENV_PY))
-    hook, bare, system = [], [], []
-    for i in range(runs):  # interleaved, so machine noise hits all three alike
-        hook.append(run_hook(site, site.users[i % len(site.users)]))
-        bare.append(run_bare(str(VENV_PY)))
-        system.append(run_bare("/usr/bin/python3"))
-    med = statistics.median
-    return {"hook_ms": med(hook) * 1000, "bare_ms": med(bare) * 1000, "system_python_ms": med(system) * 1000,
-            "ratio": med(hook) / med(bare)}
+def hook_figures(hook: Path, site: Site, runs: int, console: bool) -> dict[str, float]:
+    """Median wall times (ms) of the hook, pip's console script, and bare interpreter start-ups."""
+    probes: dict[str, Callable[[int], float]] = {
+        "hook": lambda i: run_hook(hook, site, site.users[i % len(site.users)]),
+        "bare": lambda i: run_bare(str(VENV_PY)),
+        "bare_S": lambda i: run_bare(str(VENV_PY), "-S"),
+        "system_python": lambda i: run_bare("/usr/bin/python3"),
+    }
+    if console:
+        probes["console_script"] = lambda i: run_hook(CONSOLE_HOOK, site, site.users[i % len(site.users)])
+    for i in range(3):  # warm the page cache
+        for probe in probes.values():
+            probe(i)
+    times: dict[str, list[float]] = {name: [] for name in probes}
+    for i in range(runs):  # interleaved, so machine noise hits all alike
+        for name, probe in probes.items():
+            times[name].append(probe(i))
+    out = {f"{name}_ms": statistics.median(t) * 1000 for name, t in times.items()}
+    out["ratio"] = out["hook_ms"] / out["bare_ms"]
+    out["ratio_vs_system_python"] = out["hook_ms"] / out["system_python_ms"]
+    return out
 
 
 # --------------------------------------------------------------------------- 2. IMAP logins per second
@@ -262,54 +281,62 @@ def conf_policy(site: Site) -> str:
     return conf_passwd_file(site, override=True) + snippet
 
 
-def dovecot(conf: str) -> DovecotServer:
+def dovecot(conf: str, hook: Path) -> DovecotServer:
     root = Path(tempfile.mkdtemp(prefix="congvu-authbench-dc-"))
     root.chmod(0o755)
     server = DovecotServer(root)
-    # As in the tests: Dovecot's auth process runs as "dovecot" unless the venv's interpreter lives
+    # As in the tests: Dovecot's auth process runs as "dovecot" unless the hook's interpreter lives
     # where that user cannot run it (a pyenv under /root), in which case it runs as root.
-    server.auth_user = auth_user_for_hook()
+    server.auth_user = auth_user_for_hook(hook)
     server.build(conf)
     server.start()
     return server
 
 
 def main() -> int:
-    global HOOK
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--duration", type=float, default=10.0, help="seconds of IMAP logins per server")
     ap.add_argument("--clients", type=int, default=4, help="parallel IMAP clients")
     ap.add_argument("--rounds", type=int, default=5, help="round-robin slices the duration is split into")
     ap.add_argument("--hook-runs", type=int, default=60, help="hook and bare-python runs for the wall time")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON at the end")
-    ap.add_argument("--hook", default=str(HOOK), help="hook program to measure (default: the installed script)")
+    ap.add_argument("--hook", default="",
+                    help="hook program to measure (default: a launcher written by `congvu authd hook-script`)")
+    ap.add_argument("--no-console", dest="console", action="store_false",
+                    help="do not measure pip's console script congvu-checkpassword beside the hook")
     args = ap.parse_args()
-    HOOK = Path(args.hook)
     if os.geteuid() != 0:
         raise SystemExit("run as root: Dovecot drops privileges to its own users")
     root = Path(tempfile.mkdtemp(prefix="congvu-authbench-"))
     root.chmod(0o755)
+    hook = Path(args.hook) if args.hook else generate_launcher(root)
     site = Site(root)
     servers: list[DovecotServer] = []
     results: dict[str, object] = {"cpus": os.cpu_count(), "clients": args.clients, "duration_s": args.duration,
                                   "rounds": args.rounds, "load_avg_at_start": os.getloadavg()[0],
-                                  "hash": "argon2id test cost (m=1024 KiB, t=1, p=1)"}
+                                  "hook_program": str(hook), "hash": "argon2id test cost (m=1024 KiB, t=1, p=1)"}
     try:
         site.start()
-        h = hook_figures(site, args.hook_runs)
+        h = hook_figures(hook, site, args.hook_runs, args.console)
         results["hook"] = h
-        print(f"hook wall time (median of {args.hook_runs}): {h['hook_ms']:.1f} ms; venv python3 -c pass "
-              f"{h['bare_ms']:.1f} ms; /usr/bin/python3 -c pass {h['system_python_ms']:.1f} ms; "
-              f"ratio {h['ratio']:.2f}x (target <= 2x)", flush=True)
+        print(f"hook wall time (median of {args.hook_runs}, {hook}): {h['hook_ms']:.1f} ms; "
+              f"venv python3 -c pass {h['bare_ms']:.1f} ms; python3 -S -c pass {h['bare_S_ms']:.1f} ms; "
+              f"/usr/bin/python3 -c pass {h['system_python_ms']:.1f} ms; ratio {h['ratio']:.2f}x (target <= 2x), "
+              f"{h['ratio_vs_system_python']:.2f}x /usr/bin/python3", flush=True)
+        if args.console:
+            print(f"console script {CONSOLE_HOOK}: {h['console_script_ms']:.1f} ms", flush=True)
+        paths = [("passwd-file", conf_passwd_file(site)),
+                 ("hook", shipped(CHECKPASSWORD_SNIPPET, hook=hook, socket_path=site.socket))]
+        if args.console:
+            paths.append(("hook-console", shipped(CHECKPASSWORD_SNIPPET, hook=CONSOLE_HOOK, socket_path=site.socket)))
+        paths.append(("policy", conf_policy(site)))
         named: dict[str, DovecotServer] = {}
-        for name, conf in (("passwd-file", conf_passwd_file(site)),
-                           ("hook", shipped("congvu-checkpassword.conf.ext", hook=HOOK, socket_path=site.socket)),
-                           ("policy", conf_policy(site))):
-            named[name] = dovecot(conf)
+        for name, conf in paths:
+            named[name] = dovecot(conf, hook)
             servers.append(named[name])
             warm_up(named[name], site.users)
         # Round-robin slices, so the load other processes put on the machine hits every path alike.
-        totals = {name: [0, 0, 0.0] for name in named}
+        totals: dict[str, list[float]] = {name: [0, 0, 0.0] for name in named}
         for _ in range(args.rounds):
             for name, server in named.items():
                 n, failed, secs = imap_logins(server, site.users, args.clients, args.duration / args.rounds)
@@ -317,17 +344,21 @@ def main() -> int:
                 totals[name][1] += failed
                 totals[name][2] += secs
         rates: dict[str, float] = {}
-        for name, (n, failed, secs) in totals.items():
-            rates[name] = n / secs
-            if failed:
-                print(f"  {name}: {failed} logins failed; see {named[name].log}", flush=True)
-            print(f"IMAP logins/s via {name:11}: {rates[name]:7.1f}  ({n} logins in {secs:.1f} s)", flush=True)
+        for name, (done, lost, spent) in totals.items():
+            rates[name] = done / spent
+            if lost:
+                print(f"  {name}: {lost:.0f} logins failed; see {named[name].log}", flush=True)
+            print(f"IMAP logins/s via {name:12}: {rates[name]:7.1f}  ({done:.0f} logins in {spent:.1f} s)",
+                  flush=True)
         base = rates["passwd-file"]
         results["imap_logins_per_s"] = rates
-        results["hook_vs_passwd_file"] = rates["hook"] / base
-        results["policy_vs_passwd_file"] = rates["policy"] / base
-        print(f"hook path   {rates['hook'] / base:6.1%} of passwd-file (target >= 45%)")
-        print(f"policy path {rates['policy'] / base:6.1%} of passwd-file (target >= 80%)")
+        for name in rates:
+            if name != "passwd-file":
+                results[f"{name.replace('-', '_')}_vs_passwd_file"] = rates[name] / base
+        print(f"hook path    {rates['hook'] / base:6.1%} of passwd-file (target >= 45%)")
+        if "hook-console" in rates:
+            print(f"console hook {rates['hook-console'] / base:6.1%} of passwd-file (pip's script, for comparison)")
+        print(f"policy path  {rates['policy'] / base:6.1%} of passwd-file (target >= 80%)")
         if args.json:
             print(json.dumps(results, indent=2))
     finally:

@@ -56,6 +56,7 @@ lockout_duration = "{LOCKOUT_SECONDS}s"
 lockout_ip_failures = 5
 lockout_exempt = ["127.0.0.1/32"]
 policy_listen = ["tcp:{self.policy_port}:interface=127.0.0.1"]
+web_listen = []  # the page is tested by test_authd_web.py & co; never the shared default port 8080
 """, encoding="utf-8")
         self.cfg: Config = load_config(self.config_path)
         self.socket = root / "var" / "authd.sock"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from passlib.hash import sha512_crypt
@@ -19,6 +22,15 @@ def dovecot(authd: Authd, dovecot_factory: Callable[[str], DovecotServer]) -> Do
     conf = (shipped("congvu-checkpassword.conf.ext", socket_path=authd.socket)
             + shipped("congvu-quota.conf"))
     return dovecot_factory(conf)
+
+
+def test_dovecot_execs_the_launcher_operators_generate(authd: Authd, dovecot: DovecotServer,
+                                                       hook_launcher: Path) -> None:
+    """passdb and userdb run the `congvu authd hook-script` launcher (python -S), not pip's console script."""
+    effective = subprocess.run(["doveconf", "-c", str(dovecot.conf), "-n"], capture_output=True, text=True,
+                               check=True).stdout
+    assert effective.count(f"args = {hook_launcher} --socket {authd.socket}") == 2, effective
+    assert hook_launcher.read_text(encoding="utf-8").startswith(f"#!{sys.executable} -S\n")
 
 
 def test_good_password_logs_in_over_imap_and_pop3(authd: Authd, dovecot: DovecotServer) -> None:

@@ -4,9 +4,9 @@
 seeds accounts straight into the store, and runs one of two real processes:
 
 * ``python -m authhooks.web --config FILE``: the page alone (a page on its own host);
-* ``congvu authd`` with the page started inside it by :func:`start_authd_with_web`, which
-  is exactly the call ``authhooks/authd.py`` makes once the page is wired into
-  ``congvu authd`` (same AuthService, same cache, same thread pool).
+* ``congvu authd --config FILE``, which serves the page itself on ``[authhooks] web_listen``
+  (same AuthService, same thread pool), or, for a site that runs the page elsewhere, with
+  a twin config whose ``web_listen`` is empty.
 
 HTTP goes through urllib; :class:`Browser` keeps the CSRF cookie like a browser does.
 """
@@ -17,6 +17,7 @@ import http.cookiejar
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -34,7 +35,7 @@ import pytest
 
 from directory.accounts import hasher_for, open_store
 from directory.model import Account
-from rules.config import Config, load_config
+from rules.config import load_config
 from rules.lifecycle import AccountState
 from tests.integration.support import free_port
 
@@ -45,26 +46,7 @@ STRONG = "Bến Ninh Kiều mưa 9 giờ!"  # passes every rule of every profile
 STRONG2 = "Đò ngang qua sông lúc 6h?"
 
 
-def start_authd_with_web(cfg: Config, reactor: Any) -> Any:
-    """``congvu authd`` + the page in one process, sharing the service: what ``Authd.start`` will do."""
-    from authhooks import authd
-    from authhooks.web import start_web
-
-    def with_web(daemon: Any) -> Any:
-        d = start_web(cfg, reactor, daemon.service, daemon.pool)
-
-        def both(web: Any) -> Any:
-            daemon.listening.extend(web.listening)
-            stop = daemon.stop
-
-            def stop_both() -> Any:
-                return web.stop().addBoth(lambda _: stop())
-
-            daemon.stop = stop_both
-            return daemon
-        return d.addCallback(both)
-
-    return authd.start(cfg, reactor).addCallback(with_web)
+CONGVU = REPO / ".venv" / "bin" / "congvu"
 
 
 class WebSite:
@@ -79,28 +61,34 @@ class WebSite:
         self.mail.mkdir(exist_ok=True)
         os.chown(self.mail, 65534, 65534)
         self.socket = root / "var" / "authd.sock"
-        extra = "\n".join(f"{k} = {json.dumps(v)}" for k, v in authhooks.items())
+        self._extra = "\n".join(f"{k} = {json.dumps(v)}" for k, v in authhooks.items())
         self.config_path = root / "congvu.toml"
-        self.config_path.write_text(f"""\
-state_dir = "{root}/var"
+        self.config_path.write_text(self._config([f"tcp:{self.port}:interface=127.0.0.1"]), encoding="utf-8")
+        #: The same site without the page: authd where the page runs in a process of its own.
+        self.config_noweb = root / "congvu-noweb.toml"
+        self.config_noweb.write_text(self._config([]), encoding="utf-8")
+        self.cfg = load_config(self.config_path)
+        self.store = open_store(self.cfg)
+        self.hasher = hasher_for(self.cfg)
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.log = root / "processes.log"
+
+    def _config(self, web_listen: list[str]) -> str:
+        return f"""\
+state_dir = "{self.root}/var"
 language = "both"
 
 [directory]
 hash_cost = "test"
 
 [authhooks]
-web_listen = ["tcp:{self.port}:interface=127.0.0.1"]
+web_listen = {json.dumps(web_listen)}
 socket_group = "dovecot"
 uid = "65534"
 gid = "65534"
 home = "{self.mail}/{{domain}}/{{local_part}}"
-{extra}
-""", encoding="utf-8")
-        self.cfg = load_config(self.config_path)
-        self.store = open_store(self.cfg)
-        self.hasher = hasher_for(self.cfg)
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.log = root / "processes.log"
+{self._extra}
+"""
 
     # ------------------------------------------------------------------ accounts
 
@@ -127,12 +115,9 @@ home = "{self.mail}/{{domain}}/{{local_part}}"
         self._wait_http()
 
     def start_authd(self, *, with_web: bool) -> None:
-        """``congvu authd``, with (``with_web``) or without the page inside it."""
-        code = "import sys; from directory.cli import main; "
-        if with_web:
-            code += ("from directory import cmd_serve; "
-                     "cmd_serve.SERVICES['authd'] = 'tests.integration.authhooks.webproc:start_authd_with_web'; ")
-        self._spawn([sys.executable, "-c", code + "sys.exit(main())", "authd", "--config", str(self.config_path)])
+        """``congvu authd``: serving the page too (``with_web``), or with ``web_listen = []``."""
+        config = self.config_path if with_web else self.config_noweb
+        self._spawn([str(CONGVU), "authd", "--config", str(config)])
         self._wait_socket()
         if with_web:
             self._wait_http()
@@ -187,8 +172,10 @@ home = "{self.mail}/{{domain}}/{{local_part}}"
                     p.wait()
 
     def close(self) -> None:
+        """Stop the processes and remove the site's temp dir (its log is gone with it)."""
         self.stop()
         self.store.close()
+        shutil.rmtree(self.root, ignore_errors=True)
 
     def log_text(self) -> str:
         try:

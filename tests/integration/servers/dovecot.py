@@ -5,9 +5,11 @@ Everything lives in one temp dir: ``base_dir``, ``state_dir``, the log, the mail
 listener for Postfix SASL; no TLS; no auth failure delay or penalty so lockout tests
 run at full speed) followed by the auth configuration the test hands in — normally
 the shipped ``conf/dovecot/`` snippets, with two documented substitutions only: the
-hook path becomes the installed ``.venv/bin/congvu-checkpassword`` and the socket path
-the test's ``authd`` socket.  Dovecot's own processes drop to ``dovecot``/``dovenull``
-as in production, so the hook runs as ``dovecot`` exactly as it would on a server.
+hook path becomes a launcher generated for this session by the very command the snippet
+tells operators to run (``congvu authd hook-script FILE``, see :func:`generate_launcher`),
+and the socket path the test's ``authd`` socket.  Dovecot's own processes drop to
+``dovecot``/``dovenull`` as in production, so the hook runs as ``dovecot`` exactly as it
+would on a server.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import contextlib
 import imaplib
 import os
 import poplib
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -31,18 +35,54 @@ from tests.integration.support import free_port, need, wait_port
 
 REPO = Path(__file__).resolve().parents[3]
 DOVECOT_CONF = REPO / "conf" / "dovecot"
-HOOK = REPO / ".venv" / "bin" / "congvu-checkpassword"
+CONGVU = REPO / ".venv" / "bin" / "congvu"
+#: pip's console script; the shipped snippet recommends the launcher instead (kept working).
+CONSOLE_HOOK = REPO / ".venv" / "bin" / "congvu-checkpassword"
+CHECKPASSWORD_SNIPPET = "congvu-checkpassword.conf.ext"
 #: Paths written in the shipped snippets, replaced by the test's own.
-SHIPPED_HOOK = "/usr/local/bin/congvu-checkpassword"
+SHIPPED_HOOK = "/usr/local/libexec/congvu/checkpassword"
 SHIPPED_SOCKET = "/run/congvu/authd.sock"
 #: Owner of the test mail (Dovecot refuses root for mail; nobody/nogroup exist everywhere).
 MAIL_UID = MAIL_GID = 65534
 
+#: The launcher of this session (set by the ``hook_launcher`` fixture, or by the bench).
+_LAUNCHER: list[Path] = []
 
-def shipped(name: str, *, hook: str | Path = HOOK, socket_path: str | Path = "") -> str:
-    """A conf/dovecot snippet with the hook and socket paths pointed at this test's."""
+
+def shipped_generate_command() -> list[str]:
+    """The ``congvu authd hook-script FILE`` command the shipped snippet tells operators to run."""
+    text = (DOVECOT_CONF / CHECKPASSWORD_SNIPPET).read_text(encoding="utf-8")
+    m = re.search(r"^#\s+(congvu authd hook-script \S+)\s*$", text, re.MULTILINE)
+    if m is None:
+        raise RuntimeError(f"{CHECKPASSWORD_SNIPPET} does not show the `congvu authd hook-script FILE` command")
+    return shlex.split(m.group(1))
+
+
+def generate_launcher(directory: Path) -> Path:
+    """Run the snippet's own generation command, with FILE moved into ``directory``; returns the launcher."""
+    argv = shipped_generate_command()
+    if argv[-1] != SHIPPED_HOOK:
+        raise RuntimeError(f"the snippet generates {argv[-1]} but its passdb runs {SHIPPED_HOOK}")
+    path = directory / Path(SHIPPED_HOOK).name
+    done = subprocess.run([str(CONGVU), *argv[1:-1], str(path)], capture_output=True, text=True, check=False,
+                          timeout=60)
+    if done.returncode != 0:
+        raise RuntimeError(f"`congvu authd hook-script` failed ({done.returncode}): {done.stderr.strip()}")
+    _LAUNCHER[:] = [path]
+    return path
+
+
+def current_launcher() -> Path:
+    if not _LAUNCHER:
+        raise RuntimeError("no hook launcher generated yet (use the dovecot_factory fixture)")
+    return _LAUNCHER[0]
+
+
+def shipped(name: str, *, hook: str | Path | None = None, socket_path: str | Path = "") -> str:
+    """A conf/dovecot snippet with the hook (default: this session's launcher) and socket paths pointed at ours."""
     text = (DOVECOT_CONF / name).read_text(encoding="utf-8")
-    text = text.replace(SHIPPED_HOOK, str(hook))
+    if SHIPPED_HOOK in text:
+        text = text.replace(SHIPPED_HOOK, str(hook if hook is not None else current_launcher()))
     if socket_path:
         text = text.replace(SHIPPED_SOCKET, str(socket_path))
     return text
@@ -213,25 +253,41 @@ service auth {{
                               check=False, timeout=60)
 
 
-def auth_user_for_hook() -> str:
+def auth_user_for_hook(hook: Path | None = None) -> str:
     """The user Dovecot's auth process (which forks the hook) runs as in these tests.
 
-    ``dovecot``, as in production, when that user can run the installed hook's
-    interpreter.  A development venv built on an interpreter under /root (pyenv) cannot
+    ``dovecot``, as in production, when that user can run the hook's interpreter (its
+    ``#!`` line).  A development venv built on an interpreter under /root (pyenv) cannot
     be run by ``dovecot``; there, and only there, the auth process runs as root.
     """
-    interpreter = HOOK.read_text(encoding="utf-8").splitlines()[0].removeprefix("#!").strip()
+    shebang = (hook or CONSOLE_HOOK).read_text(encoding="utf-8").splitlines()[0].removeprefix("#!")
+    interpreter = shebang.split()[0]
     probe = subprocess.run(["runuser", "-u", "dovecot", "--", interpreter, "-c", "pass"],
                            capture_output=True, check=False)
     return "$default_internal_user" if probe.returncode == 0 else "root"
 
 
 @pytest.fixture(scope="session")
-def dovecot_factory() -> Iterator[Callable[[str], DovecotServer]]:
+def hook_launcher() -> Iterator[Path]:
+    """The checkpassword launcher operators deploy, generated by the shipped snippet's own command."""
+    if not CONGVU.exists():
+        pytest.fail(f"{CONGVU} missing: pip install -e . (it installs the congvu command)", pytrace=False)
+    root = Path(tempfile.mkdtemp(prefix="congvu-hook-"))
+    root.chmod(0o755)  # Dovecot's auth process must reach it
+    try:
+        yield generate_launcher(root)
+    finally:
+        _LAUNCHER.clear()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def dovecot_factory(hook_launcher: Path) -> Iterator[Callable[[str], DovecotServer]]:
     """Start Dovecots with a given auth configuration; every one is stopped at the end.
 
     The temp dirs are world-traversable (Dovecot's processes run as dovecot and nobody),
-    so they are not under pytest's 0700 basetemp.
+    so they are not under pytest's 0700 basetemp.  :func:`shipped` points the snippets at
+    ``hook_launcher``.
     """
     dovecot = need("dovecot", "dovecot-core")
     doveadm = need("doveadm", "dovecot-core")
@@ -239,10 +295,7 @@ def dovecot_factory() -> Iterator[Callable[[str], DovecotServer]]:
     if not (Path("/usr/lib/dovecot/imap").exists() and Path("/usr/lib/dovecot/pop3").exists()):
         pytest.fail("Dovecot's imap or pop3 missing: install dovecot-imapd dovecot-pop3d", pytrace=False)
     started: list[DovecotServer] = []
-    if not HOOK.exists():
-        pytest.fail(f"{HOOK} missing: pip install -e . (it installs the congvu-checkpassword script)",
-                    pytrace=False)
-    auth_user = auth_user_for_hook()
+    auth_user = auth_user_for_hook(hook_launcher)
 
     def make(auth_conf: str) -> DovecotServer:
         root = Path(tempfile.mkdtemp(prefix="congvu-dovecot-"))

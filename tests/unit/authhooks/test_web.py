@@ -434,6 +434,24 @@ def test_passwords_never_reach_logs_or_reprs(site: Site) -> None:
     assert NEW not in repr(WebRequest("POST", "/api/password", form={"newpass": NEW}))
 
 
+def test_wrong_current_password_is_logged_via_the_page_not_checkpassword(site: Site) -> None:
+    """The service logs a page's wrong current password with via=web-api / web-page, never via=checkpassword."""
+    events: list[LogEvent] = []
+    site.add("nvminh")
+    globalLogPublisher.addObserver(events.append)
+    try:
+        site.api({"user": "nvminh", "curpass": "Sai-Hiện-Tại-1", "newpass": NEW})
+        site.browser({"user": "nvminh", "curpass": "Sai-Hiện-Tại-2", "newpass": NEW})
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [str(formatEvent(e)) for e in events if e.get("log_namespace") == "congvu.authhooks"]
+    logins = [ln for ln in lines if ln.startswith("login bad_password user=nvminh@cantho.gov.vn")]
+    assert len(logins) == 2, lines
+    assert "service=password-web" in logins[0] and "via=web-api" in logins[0]
+    assert "via=web-page" in logins[1]
+    assert not any("via=checkpassword" in ln for ln in lines)
+
+
 # --------------------------------------------------------------------------- helpers
 
 
