@@ -16,8 +16,12 @@ from directory.model import Account, AccountStore, DirectoryUnavailable
 
 
 def normalise(address: str) -> str:
-    """Addresses compare lower-cased and without surrounding space or angle brackets."""
-    return address.strip().strip("<>").lower()
+    """Addresses compare lower-cased, without surrounding space or angle brackets, and
+    without trailing dots on the domain: Postfix delivers ``a@cantho.gov.vn.`` as
+    ``a@cantho.gov.vn``, so the forged-sender check must see them as the same (CT25-3.2)."""
+    addr = address.strip().strip("<>").lower()
+    local, at, domain = addr.rpartition("@")
+    return f"{local}@{domain.rstrip('.')}" if at else addr
 
 
 class AccountLookup:

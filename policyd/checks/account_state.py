@@ -13,7 +13,7 @@ from rules.lifecycle import AccountState
 from rules.passwords import password_state_for
 
 #: Account states that stop sending, with the article and the bilingual reason.
-_BLOCKED: dict[AccountState, tuple[str, str, str]] = {
+BLOCKED: dict[AccountState, tuple[str, str, str]] = {
     AccountState.LOCKED: ("CT25-6.4a", "Hộp thư đang bị tạm khóa", "The mailbox is temporarily locked"),
     AccountState.SUSPENDED: ("CT15-5.4", "Hộp thư đang bị tạm ngưng do lâu không sử dụng",
                              "The mailbox is suspended after a long time without use"),
@@ -41,12 +41,15 @@ class AccountStateCheck(Check):
         login = ctx.login(req)
         account = ctx.accounts.get(login)
         if account is None:
+            # Dovecot has just authenticated this login, so a directory without it is an
+            # inconsistency (a wrong base_dn, a half-done migration), not a verdict: defer,
+            # so no mail is bounced while the operator fixes it.
             return Result(Decision(
-                Verdict.REJECT, "CT25-3.2",
-                text_vi=f"Tài khoản {login} không có trong danh bạ thư điện tử công vụ",
-                text_en=f"The account {login} is not in the official mail directory",
-                smtp_code=550, enhanced="5.7.1"), "authenticated login unknown to the directory")
-        blocked = _BLOCKED.get(account.state)
+                Verdict.DEFER, "CT25-3.2",
+                text_vi=f"Tài khoản {login} không có trong danh bạ thư điện tử công vụ, thử lại sau",
+                text_en=f"The account {login} is not in the official mail directory, try again later",
+                smtp_code=450, enhanced="4.7.1"), "authenticated login unknown to the directory")
+        blocked = BLOCKED.get(account.state)
         if blocked is not None:
             rid, vi, en = blocked
             why = f" ({account.state_reason})" if account.state_reason else ""

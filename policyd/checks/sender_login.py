@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from policyd.checks.account_state import BLOCKED
 from policyd.checks.base import Check, Context, Result, passed
 from policyd.lookup import normalise
 from policyd.protocol import PolicyRequest
@@ -38,6 +39,13 @@ class SenderLoginCheck(Check):
                 return passed(f"sender is an address of {account.address}")
             owner = ctx.accounts.get(sender)
             if owner is not None and account.address in {normalise(d) for d in owner.delegates}:
+                blocked = BLOCKED.get(owner.state)
+                if blocked is not None:
+                    rid, vi, en = blocked
+                    return Result(Decision(
+                        Verdict.REJECT, rid, text_vi=f"{vi} ({owner.address}); không thể gửi thư thay",
+                        text_en=f"{en} ({owner.address}); nobody can send as it",
+                        smtp_code=550, enhanced="5.7.1"), f"shared mailbox is {owner.state.value}")
                 return passed(f"{owner.address} delegates sending to {account.address}")
         return Result(Decision(
             Verdict.REJECT, self.rule_id,

@@ -160,19 +160,22 @@ def test_forged_local_sender_from_outside_mynetworks_refused(cantho: Accounts, p
     """An unauthenticated outside client may not claim a cantho.gov.vn sender; outsiders and mynetworks may send."""
     pf = postfix_site.postfix
     rcpt = "nhan.forged@cantho.gov.vn"
-    forged, foreign, inside = tag(), tag(), tag()
+    forged, dotted, foreign, inside = tag(), tag(), tag(), tag()
     with pf.connect(addr=OUTSIDE) as s:
         r_forged = transact(s, "giamdoc@cantho.gov.vn", rcpt, message("giamdoc@cantho.gov.vn", rcpt, forged))
+        # Postfix strips a trailing dot and delivers as giamdoc@cantho.gov.vn: refused the same way.
+        r_dotted = transact(s, "giamdoc@cantho.gov.vn.", rcpt, message("giamdoc@cantho.gov.vn", rcpt, dotted))
         r_foreign = transact(s, "ban@example.org", rcpt, message("ban@example.org", rcpt, foreign))
     with pf.connect() as s:  # 127.0.0.1: in mynetworks (e.g. the webmail host)
         r_inside = transact(s, "giamdoc@cantho.gov.vn", rcpt, message("giamdoc@cantho.gov.vn", rcpt, inside))
     assert (r_forged.stage, r_forged.code) == ("RCPT", 553), r_forged
     assert r_forged.text.startswith("5.7.1 ") and "CT25-3.2" in r_forged.text, r_forged
+    assert (r_dotted.stage, r_dotted.code) == ("RCPT", 553), r_dotted
     assert r_foreign.accepted, r_foreign
     assert r_inside.accepted, r_inside
     pf.wait_delivered(rcpt, 1, foreign)
     pf.wait_delivered(rcpt, 1, inside)
-    assert pf.delivered(rcpt, forged) == []
+    assert pf.delivered(rcpt, forged) == [] and pf.delivered(rcpt, dotted) == []
 
 
 def test_locked_account_cannot_send(cantho: Accounts, postfix_site: PostfixSite) -> None:

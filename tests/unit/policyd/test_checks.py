@@ -62,13 +62,13 @@ def test_expired_password_is_refused_after_three_months(site: Site) -> None:
     assert ev.rule_id == "CT25-6.4b" and "doimatkhau" in ev.action
 
 
-def test_active_account_passes_and_unknown_login_is_refused(site: Site) -> None:
-    """An active account sends; a login the directory does not know cannot."""
+def test_active_account_passes_and_unknown_login_is_deferred(site: Site) -> None:
+    """An active account sends; a login the directory does not know is deferred (4xx), never bounced."""
     site.add("nvminh")
     engine = site.engine()
     assert engine.evaluate(request(sasl_username="nvminh", sender="nvminh@cantho.gov.vn")).action == "DUNNO"
     ev = engine.evaluate(request(sasl_username="ghost", sender="ghost@cantho.gov.vn"))
-    assert ev.check == "account_state" and ev.action.startswith("550 5.7.1")
+    assert ev.check == "account_state" and ev.action.startswith("450 4.7.1")
 
 
 def test_directory_down_fails_closed(site: Site) -> None:
@@ -102,6 +102,15 @@ def test_sender_login_own_alias_delegation_and_mismatch(site: Site) -> None:
         assert ev.check == "sender_login" and ev.action.startswith("553 5.7.1") and "CT25-3.2" in ev.action
 
 
+def test_delegate_cannot_send_as_a_blocked_shared_mailbox(site: Site) -> None:
+    """A cancelled or locked shared mailbox cannot be used through its delegates either."""
+    site.add("nvminh")
+    site.add("vanphong.sonv", mailbox_type="unit", delegates=("nvminh@cantho.gov.vn",),
+             state=AccountState.CANCELLED)
+    ev = site.engine().evaluate(request(sasl_username="nvminh", sender="vanphong.sonv@cantho.gov.vn"))
+    assert ev.check == "sender_login" and ev.action.startswith("550 5.7.1") and "CT25-6.3" in ev.action
+
+
 # --------------------------------------------------------------------------- forged local domain
 
 
@@ -113,6 +122,9 @@ def test_forged_local_sender_from_outside(site: Site) -> None:
     assert engine.evaluate(request(sender="x@sonv.cantho.gov.vn", client_address="2001:db8::1")).blocks
     assert engine.evaluate(request(sender="giamdoc@cantho.gov.vn", client_address="127.0.0.1")).action == "DUNNO"
     assert engine.evaluate(request(sender="a@example.com", client_address="198.51.100.7")).action == "DUNNO"
+    for trick in ("giamdoc@cantho.gov.vn.", "<GiamDoc@CANTHO.GOV.VN..>"):
+        ev = engine.evaluate(request(sender=trick, client_address="198.51.100.7"))
+        assert ev.check == "forged_sender" and ev.action.startswith("553 5.7.1"), trick
 
 
 # --------------------------------------------------------------------------- size
