@@ -116,7 +116,17 @@ class Engine:
                 continue
             if check.needs_io(req, ctx):
                 return Pending(checks[i:], failures)
-            ev = self._run(check, req, failures, None)
+            outcome: Result | Failure
+            try:
+                result = check.run(req, ctx)
+            except Exception:
+                outcome = Failure()  # type: ignore[no-untyped-call]
+            else:
+                d = result.decision
+                if d is None or not d.blocks:  # passed: nothing to record on this path (no steps)
+                    continue
+                outcome = result
+            ev = self._outcome(check, outcome, failures, None)
             if ev is not None:
                 return ev
         return Evaluation("DUNNO", "dunno", failures=tuple(failures)) if failures else DUNNO

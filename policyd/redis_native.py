@@ -6,17 +6,27 @@ END-OF-MESSAGE path several times slower than the rest.  This client sends the v
 script of :mod:`directory.counters_redis` (``COUNTER_LUA``, same keys and arguments, so
 both clients share the counters) from the reactor, pipelined on one connection.
 
-Only what the rate check needs: ``hit_if_below`` and ``peek``.  Sentinel and TLS URLs
-are left to redis-py in a thread (``NativeCounters.supported``).  Errors and timeouts
-(``[state] timeout``) become :class:`StateUnavailable`, like the blocking store.
+The rate check's messages go out in batches (:meth:`NativeCounters.count`): every message
+counted during one reactor tick, all its windows, in ONE script call (``MULTI_LUA`` runs
+``COUNTER_LUA`` per key, stopping a message at its first refusal exactly as the check's
+own sequential flow does), written straight to the socket (:mod:`policyd.sendnow`).  The
+answers come back through plain callbacks rather than Deferred chains, and one timer per
+connection watches the oldest call rather than one timer per call.  Measured with
+bench/policyd_bench.py (16 connections, 2026-11-22): batches of ~5 messages, and the
+rate check adds ~17 µs of policyd CPU per request (142 vs 125 µs with it disabled).
+
+Besides ``count``, only ``hit_if_below`` and ``peek`` (Deferreds, one key per call).  Sentinel
+and TLS URLs are left to redis-py in a thread (``NativeCounters.supported``).  Errors and
+timeouts (``[state] timeout``) become :class:`StateUnavailable`, like the blocking store.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from twisted.internet import defer
@@ -25,25 +35,81 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from directory.counters import BUCKETS, bucket_ms, check_amount, limit_specs, ms, read_password_file, specs
+from directory.counters import (
+    BUCKETS,
+    WindowSpec,
+    bucket_ms,
+    check_amount,
+    limit_specs,
+    ms,
+    read_password_file,
+    specs,
+)
 from directory.counters_redis import COUNTER_LUA
 from directory.model import RateDecision, StateUnavailable
+from policyd.checks.rates import Call
+from policyd.sendnow import Sender
 from rules.config import Config
 
 log = Logger(namespace="congvu.policyd.redis")
 
 _SHA = hashlib.sha1(COUNTER_LUA.encode()).hexdigest()
 
+#: ``COUNTER_LUA`` (the very script redis-py runs: same keys, same answers) for a batch of
+#: messages, in mode ``check``.  ARGV: the bucket count, the number of messages; per message,
+#: its number of keys; per key: now (ms), amount, window (ms), limit, bucket field.  A
+#: message's keys are counted in order and the first one whose limit is reached stops that
+#: message (not the others).  Reply: one string of integers, ``,``-separated: per message, the
+#: number of keys counted, then ``allowed,retry,total`` for each (one string parses in C).
+MULTI_LUA = (
+    "local function count(KEYS, ARGV)\n" + COUNTER_LUA + "\nend\n"
+    """local nb, out, a, k = ARGV[1], {}, 3, 0
+for m = 1, tonumber(ARGV[2]) do
+  local nk = tonumber(ARGV[a])
+  a = a + 1
+  local at, stopped = #out + 1, false
+  out[at] = 0
+  for j = 1, nk do
+    k = k + 1
+    if not stopped then
+      local r = count({KEYS[k]}, {ARGV[a], ARGV[a + 1], 'check', nb, ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]})
+      out[#out + 1] = r[1]
+      out[#out + 1] = r[2]
+      out[#out + 1] = r[3]
+      out[at] = out[at] + 1
+      stopped = r[1] == 0
+    end
+    a = a + 5
+  end
+end
+return table.concat(out, ',')
+""")
+_MULTI_SHA = hashlib.sha1(MULTI_LUA.encode()).hexdigest()
+
+#: Messages per script call at most, so one call never holds Redis for long.
+MAX_BATCH = 64
+
+#: What a pending call is told: the reply (a RedisError value included) or the exception that ended it.
+Reply = Callable[[Any], None]
+
 
 class RedisError(Exception):
     """An error reply (``-ERR ...``)."""
+
+
+def encode_strs(args: Sequence[str]) -> bytes:
+    """:func:`encode` for text arguments: one f-string per argument, one encode (ASCII, the usual case)."""
+    body = "".join([f"${len(a)}\r\n{a}\r\n" for a in args])
+    if body.isascii():  # lengths in characters are lengths in bytes
+        return f"*{len(args)}\r\n{body}".encode()
+    return encode(*args)
 
 
 def encode(*args: bytes | str | int) -> bytes:
     """One command in RESP: an array of bulk strings."""
     out = [b"*%d\r\n" % len(args)]
     for a in args:
-        b = a if isinstance(a, bytes) else str(a).encode()
+        b = a if isinstance(a, bytes) else a.encode() if isinstance(a, str) else b"%d" % a
         out.append(b"$%d\r\n%s\r\n" % (len(b), b))
     return b"".join(out)
 
@@ -55,15 +121,18 @@ class RespParser:
         self.buf = b""
 
     def feed(self, data: bytes) -> list[Any]:
-        self.buf += data
+        self.buf = self.buf + data if self.buf else data
         out: list[Any] = []
-        while True:
-            try:
-                value, pos = self._parse(0)
-            except IndexError:  # incomplete
-                return out
-            out.append(value)
+        pos = 0
+        try:
+            while pos < len(self.buf):
+                value, pos = self._parse(pos)
+                out.append(value)
+        except IndexError:  # incomplete: keep the tail
+            pass
+        if pos:
             self.buf = self.buf[pos:]
+        return out
 
     def _line(self, pos: int) -> tuple[bytes, int]:
         end = self.buf.find(b"\r\n", pos)
@@ -100,18 +169,35 @@ class RespParser:
 
 
 class _Resp(Protocol):
+    """One connection to Redis: commands pipelined, each reply handed to its callback in order."""
+
     def __init__(self) -> None:
         self.parser = RespParser()
-        self.waiting: deque[defer.Deferred[Any]] = deque()
+        #: (sent at, callback) per command awaiting its reply, oldest first.
+        self.waiting: deque[tuple[float, Reply]] = deque()
         self.t: Any = None
+        self.out: Any = None
+        self.clock: Callable[[], float] = lambda: 0.0
+        #: Told when the first command goes out while none is pending (NativeCounters arms its timer).
+        self.on_busy: Callable[[], None] | None = None
 
     def connectionMade(self) -> None:
         self.t = self.transport
+        self.out = Sender(self.t)
+        if hasattr(self.t, "setTcpNoDelay"):  # a batch may leave before the last one's reply: no Nagle wait
+            self.t.setTcpNoDelay(True)
+
+    def call(self, data: bytes, reply: Reply) -> None:
+        """Send one encoded command; ``reply`` gets its answer (or the error that lost it)."""
+        busy = bool(self.waiting)
+        self.waiting.append((self.clock(), reply))
+        self.out.write(data)
+        if not busy and self.on_busy is not None:
+            self.on_busy()
 
     def send(self, *args: bytes | str | int) -> defer.Deferred[Any]:
         d: defer.Deferred[Any] = defer.Deferred()
-        self.waiting.append(d)
-        self.t.write(encode(*args))
+        self.call(encode(*args), lambda r: d.errback(r) if isinstance(r, StateUnavailable) else d.callback(r))
         return d
 
     def dataReceived(self, data: bytes) -> None:
@@ -121,21 +207,30 @@ class _Resp(Protocol):
             self.t.abortConnection()
             self._fail(StateUnavailable(f"redis: bad reply: {e}"))
             return
+        waiting = self.waiting
         for r in replies:
-            if self.waiting:
-                self.waiting.popleft().callback(r)
+            if waiting:
+                self._tell(waiting.popleft()[1], r)
+
+    @staticmethod
+    def _tell(reply: Reply, value: Any) -> None:
+        """A callback's bug must not cost the other calls on this connection their answers."""
+        try:
+            reply(value)
+        except Exception:
+            log.failure("policyd: error handling a Redis reply")
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.connected = False
         self._fail(StateUnavailable("redis: connection lost"))
 
-    def _fail(self, err: Exception) -> None:
+    def _fail(self, err: StateUnavailable) -> None:
         while self.waiting:
-            self.waiting.popleft().errback(err)
+            self._tell(self.waiting.popleft()[1], err)
 
 
 class NativeCounters:
-    """``hit_if_below``/``peek`` of :class:`directory.counters_redis.RedisCounters`, returning Deferreds."""
+    """The rate check's counters on Redis from the reactor: ``count`` (batched), ``hit_if_below``/``peek``."""
 
     @staticmethod
     def supported(cfg: Config) -> bool:
@@ -170,6 +265,12 @@ class NativeCounters:
         self._waiters: list[defer.Deferred[_Resp]] = []
         self._down_until = 0.0
         self._down = False
+        self._timer: Any = None
+        #: Messages waiting for the end of this reactor tick, to be counted in one script call.
+        self._batch: list[tuple[Sequence[Call], Callable[[list[RateDecision] | StateUnavailable], None]]] = []
+        self._flush_scheduled = False
+        self._specs: dict[tuple[timedelta, int], WindowSpec] = {}
+        self._closed = False
 
     # ------------------------------------------------------------------ connection
 
@@ -202,16 +303,20 @@ class NativeCounters:
             conn = yield self.endpoint.connect(factory)
             if self.password is not None:
                 auth = ("AUTH", self.username, self.password) if self.username else ("AUTH", self.password)
-                r = yield conn.send(*auth)
+                r = yield conn.send(*auth).addTimeout(self.timeout, self.reactor)
                 if isinstance(r, RedisError):
                     raise StateUnavailable(f"redis {self.where}: AUTH refused")
             if self.db:
-                r = yield conn.send("SELECT", self.db)
+                r = yield conn.send("SELECT", self.db).addTimeout(self.timeout, self.reactor)
                 if isinstance(r, RedisError):
                     raise StateUnavailable(f"redis {self.where}: SELECT {self.db}: {r}")
         except Exception as e:
             self._mark_down()
             raise StateUnavailable(f"redis {self.where}: {e}") from None
+        conn.clock = self.reactor.seconds
+        conn.on_busy = self._arm
+        if conn.waiting:
+            self._arm()
         self.conn = conn
         if self._down:
             log.info("policyd: state store {where} answers again (native client)", where=self.where)
@@ -224,41 +329,139 @@ class NativeCounters:
             log.warn("policyd: state store {where} unavailable (native client)", where=self.where)
             self._down = True
 
-    @defer.inlineCallbacks
-    def _eval(self, key: str, args: list[Any]) -> Any:
-        conn = yield self._connection()
-        d = conn.send("EVALSHA", _SHA, 1, key, *args)
-        timer = self.reactor.callLater(self.timeout, self._timed_out, conn, d)
-        try:
-            r = yield d
-            if isinstance(r, RedisError) and str(r).startswith("NOSCRIPT"):
-                r = yield conn.send("EVAL", COUNTER_LUA, 1, key, *args)
-        finally:
-            if timer.active():
-                timer.cancel()
-        if isinstance(r, RedisError):
-            raise StateUnavailable(f"redis {self.where}: {r}")
-        return r
+    def _arm(self) -> None:
+        """One timer per connection, not per call: it looks at the oldest call still waiting."""
+        if self._timer is None or not self._timer.active():
+            self._timer = self.reactor.callLater(self.timeout, self._check_timeout)
 
-    def _timed_out(self, conn: _Resp, d: defer.Deferred[Any]) -> None:
-        if not d.called:
-            self._mark_down()
-            conn.connected = False
-            if self.conn is conn:
-                self.conn = None
-            conn._fail(StateUnavailable(f"redis {self.where}: no answer within {self.timeout:g}s"))
-            if conn.t is not None:
-                conn.t.abortConnection()
+    def _check_timeout(self) -> None:
+        self._timer = None
+        conn = self.conn
+        if conn is None or not conn.waiting:
+            return
+        waited = self.reactor.seconds() - conn.waiting[0][0]
+        if waited < self.timeout:
+            self._timer = self.reactor.callLater(self.timeout - waited, self._check_timeout)
+            return
+        self._mark_down()
+        conn.connected = False
+        self.conn = None
+        conn._fail(StateUnavailable(f"redis {self.where}: no answer within {self.timeout:g}s"))
+        if conn.t is not None:
+            conn.t.abortConnection()
+
+    def _script(self, sha: str, script: str, keys: Sequence[str], args: Sequence[str], done: Reply) -> None:
+        """EVALSHA (EVAL if Redis lost the script); ``done`` gets the reply or a StateUnavailable."""
+        data = encode_strs(["EVALSHA", sha, str(len(keys)), *keys, *args])
+
+        def finish(r: Any) -> None:
+            done(StateUnavailable(f"redis {self.where}: {r}") if isinstance(r, RedisError) else r)
+
+        def send(conn: _Resp) -> None:
+            def got(r: Any) -> None:
+                if isinstance(r, RedisError) and str(r).startswith("NOSCRIPT") and conn.connected:
+                    conn.call(encode_strs(["EVAL", script, str(len(keys)), *keys, *args]), finish)
+                else:
+                    finish(r)
+            conn.call(data, got)
+
+        conn = self.conn
+        if conn is not None and conn.connected:
+            send(conn)
+            return
+        if self._closed:
+            done(StateUnavailable(f"redis {self.where}: client closed"))
+            return
+
+        def failed(f: Failure) -> None:
+            e = f.value
+            done(e if isinstance(e, StateUnavailable) else StateUnavailable(f"redis {self.where}: {e}"))
+
+        self._connection().addCallbacks(send, failed)
 
     # ------------------------------------------------------------------ the counter calls
+
+    def count(self, calls: Sequence[Call], done: Callable[[list[RateDecision] | StateUnavailable], None]) -> None:
+        """Count one message's windows; ``done`` gets the answers in the reactor, a tick or more later.
+
+        Same meaning as ``hit_if_below`` for each call in order, stopping at the first
+        refusal: ``done`` gets one RateDecision per call counted (the last one refused, if
+        any), or the StateUnavailable that stopped it.
+
+        Messages are batched: every message counted during one reactor tick (all the
+        connections whose END-OF-MESSAGE arrived in one poll) goes to Redis in ONE script
+        call (``MULTI_LUA``) at the end of the tick.  (Holding the next batch until the
+        previous one is answered was measured too: fewer, larger batches, but slower.)
+        """
+        if not calls:
+            done([])
+            return
+        self._batch.append((calls, done))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.reactor.callLater(0, self._tick)
+
+    def _tick(self) -> None:
+        self._flush_scheduled = False
+        self._flush()
+
+    def _flush(self) -> None:
+        """Send the waiting messages (at most MAX_BATCH of them) as one script call."""
+        while self._batch:
+            batch = self._batch[:MAX_BATCH]
+            del self._batch[:MAX_BATCH]
+            keys: list[str] = []
+            args: list[str] = [str(BUCKETS), str(len(batch))]
+            try:
+                for calls, _ in batch:
+                    args.append(str(len(calls)))
+                    for c in calls:
+                        spec = self._spec(c.window, c.limit)
+                        now_ms = ms(c.now)
+                        keys.append(self.prefix + "c:" + c.key)
+                        # RedisCounters._count's arguments for one window (directory/counters_redis.py).
+                        args += [str(now_ms), str(check_amount(c.amount)), str(spec.w_ms), str(c.limit),
+                                 f"{spec.w_ms}:{now_ms // bucket_ms(spec.w_ms)}"]
+            except ValueError as e:  # a call the store would refuse too: nothing was counted
+                for _, done in batch:
+                    _Resp._tell(done, StateUnavailable(f"redis {self.where}: {e}"))
+                continue
+            self._script(_MULTI_SHA, MULTI_LUA, keys, args, partial(self._answered, batch))
+
+    def _answered(self, batch: list[tuple[Sequence[Call], Callable[[list[RateDecision] | StateUnavailable], None]]],
+                  r: Any) -> None:
+        if isinstance(r, StateUnavailable):
+            for _, done in batch:
+                _Resp._tell(done, r)
+        else:
+            try:
+                answers = _multi_answers(r, len(batch))
+            except (TypeError, ValueError, IndexError):  # not what MULTI_LUA returns
+                err = StateUnavailable(f"redis {self.where}: unexpected reply {r!r:.80}")
+                for _, done in batch:
+                    _Resp._tell(done, err)
+            else:
+                for (_, done), decisions in zip(batch, answers, strict=True):
+                    _Resp._tell(done, decisions)
+
+    def _spec(self, window: timedelta, limit: int) -> WindowSpec:
+        """limit_specs' validated window, remembered: the same two windows come with every message."""
+        spec = self._specs.get((window, limit))
+        if spec is None:
+            [spec] = limit_specs([(window, limit)])
+            if len(self._specs) < 1024:
+                self._specs[(window, limit)] = spec
+        return spec
 
     def _count(self, key: str, amount: int, windows: Sequence[Any], now: float, mode: str) -> defer.Deferred[Any]:
         # Same arguments as RedisCounters._count (directory/counters_redis.py).
         now_ms = ms(now)
-        args: list[Any] = [now_ms, amount, mode, BUCKETS]
+        args = [str(now_ms), str(amount), mode, str(BUCKETS)]
         for s in windows:
-            args += [s.w_ms, -1 if s.limit is None else s.limit, f"{s.w_ms}:{now_ms // bucket_ms(s.w_ms)}"]
-        d = self._eval(self.prefix + "c:" + key, args)
+            args += [str(s.w_ms), str(-1 if s.limit is None else s.limit), f"{s.w_ms}:{now_ms // bucket_ms(s.w_ms)}"]
+        d: defer.Deferred[Any] = defer.Deferred()
+        self._script(_SHA, COUNTER_LUA, [self.prefix + "c:" + key], args,
+                     lambda r: d.errback(r) if isinstance(r, Exception) else d.callback(r))
         d.addCallback(_decision)
         return d
 
@@ -270,9 +473,33 @@ class NativeCounters:
         return self._count(key, 0, specs(windows), now, "peek")
 
     def close(self) -> None:
+        self._closed = True
+        batch, self._batch = self._batch, []
+        for _, done in batch:
+            _Resp._tell(done, StateUnavailable(f"redis {self.where}: client closed"))
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
         if self.conn is not None and self.conn.t is not None:
             self.conn.t.loseConnection()
         self.conn = None
+
+
+def _multi_answers(reply: bytes, messages: int) -> list[list[RateDecision]]:
+    """MULTI_LUA's reply: per message, the RateDecision of each key counted."""
+    values = [int(v) for v in reply.split(b",")]
+    out: list[list[RateDecision]] = []
+    i = 0
+    for _ in range(messages):
+        n = values[i]
+        i += 1
+        if n < 1 or i + 3 * n > len(values):  # every message has its first window counted
+            raise ValueError("truncated reply")
+        out.append([_decision(values[j:j + 3]) for j in range(i, i + 3 * n, 3)])
+        i += 3 * n
+    if i != len(values):
+        raise ValueError("trailing values")
+    return out
 
 
 def _decision(res: Any) -> RateDecision:

@@ -3,9 +3,13 @@
 Per SMTPD_POLICY_README the server answers every request on a connection, in order,
 and keeps it open; on trouble (malformed or oversized input) it logs and closes without
 a reply, and Postfix retries.  A request whose checks need no I/O is answered inside the
-reactor; one that needs the directory or the counter store goes to a thread pool, and
+reactor; one that needs the directory goes to a thread pool, and the rate check's counter
+calls go to Redis from the reactor (:mod:`policyd.redis_native`, batched per tick), and
 later requests on that connection wait for it so answers stay in order.  Timeouts are
 checked by one sweep a second over all connections rather than a timer per request.
+
+Per request the hot path is: parse, the checks, one log event, one write (sent at once
+when the socket has room, :mod:`policyd.sendnow`); see docs/benchmarks.md for the costs.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,7 @@ from twisted.internet.interfaces import IAddress, IListeningPort
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import Resource
@@ -31,15 +35,24 @@ from twisted.web.server import Request, Site
 
 from directory.model import AccountStore, CounterStore, DirectoryUnavailable, RateDecision, StateUnavailable
 from policyd.checks.base import Context, CountedInstances, Result
-from policyd.checks.rates import Call, RatesCheck
+from policyd.checks.rates import RatesCheck
 from policyd.engine import Engine, Evaluation, Pending
 from policyd.lookup import AccountLookup
-from policyd.protocol import PolicyParser, PolicyProtocolError, PolicyRequest, format_reply
+from policyd.protocol import DUNNO_REPLY, PolicyParser, PolicyProtocolError, PolicyRequest, format_reply
 from policyd.redis_native import NativeCounters
+from policyd.sendnow import Sender
 from policyd.stats import Stats
 from rules.config import Config
 
 log = Logger(namespace="congvu.policyd")
+_INFO = LogLevel.info
+_now = time.time
+
+
+def _observe(event: dict[str, Any]) -> None:
+    """Hand one event to the decision logger's observer (the global publisher, or a test's)."""
+    observer: Any = log.observer
+    observer(event)
 
 #: Requests queued on one connection before we stop reading from it (pipelining clients).
 MAX_QUEUED = 64
@@ -103,11 +116,14 @@ class PolicyProtocol(Protocol):
         self.peer = "?"
         #: ``self.transport`` as Any: zope interfaces do not type-check under mypy --strict.
         self.t: Any = None
+        #: Replies go through it: straight to the socket when nothing is queued (policyd.sendnow).
+        self.out: Sender | None = None
 
     def connectionMade(self) -> None:
         svc = self.service
         svc.stats.connections_total += 1
         self.t = self.transport
+        self.out = Sender(self.t)
         self.peer = describe(self.t.getPeer())
         if len(svc.connections) >= svc.cfg.policyd.max_connections:
             svc.stats.refused_connections += 1
@@ -155,7 +171,9 @@ class PolicyProtocol(Protocol):
             self._drain()
 
     def _drain(self) -> None:
+        """Answer queued requests in order; the replies of one pass leave in one write."""
         svc = self.service
+        replies: list[bytes] = []
         while self.queue and not self.busy and not self.closing:
             req = self.queue.popleft()
             engine = svc.engine
@@ -163,12 +181,20 @@ class PolicyProtocol(Protocol):
                 evaluation = engine.first_pass(req)
                 if isinstance(evaluation, Pending):
                     self.busy = True
+                    if replies:  # before anything _pending answers, even at once
+                        self._write(b"".join(replies))
+                        replies = []
                     self._pending(req, engine, evaluation)
                     break
+                replies.append(self._answer(req, evaluation, engine))
             except Exception:
+                if replies:
+                    self._write(b"".join(replies))
                 self._crashed(Failure())  # type: ignore[no-untyped-call]
                 return
-            self._reply(req, evaluation, engine)
+        if replies:
+            self._write(b"".join(replies) if len(replies) > 1 else replies[0])
+            self.last_active = svc.reactor.seconds()
         if not self.paused and len(self.queue) > MAX_QUEUED:
             self.paused = True
             self.t.pauseProducing()
@@ -181,15 +207,43 @@ class PolicyProtocol(Protocol):
         svc = self.service
         check = pending.checks[0]
         native = svc.native
-        d: defer.Deferred[Any]
         if native is not None and isinstance(check, RatesCheck) and not check.needs_directory(req, engine.ctx):
             svc.stats.native += 1
-            d = drive_native(check.flow(req, engine.ctx), native)
-            d.addBoth(lambda outcome: engine.settle(req, pending, outcome))
-        else:
-            svc.stats.threaded += 1
-            d = deferToThreadPool(svc.reactor, svc.pool, engine.finish, req, pending)
+            self._native(req, engine, pending, check, native)
+            return
+        svc.stats.threaded += 1
+        d = deferToThreadPool(svc.reactor, svc.pool, engine.finish, req, pending)
         d.addCallbacks(self._threaded, self._crashed, callbackArgs=(req, engine))
+
+    def _native(self, req: PolicyRequest, engine: Engine, pending: Pending, check: RatesCheck,
+                native: NativeCounters) -> None:
+        """The rate check in the reactor: one script call for all its windows, a plain callback back."""
+        ctx = engine.ctx
+        try:
+            plan = check.plan(req, ctx)
+        except Exception:
+            self._settle(req, engine, pending, Failure())  # type: ignore[no-untyped-call]
+            return
+
+        def done(answers: list[RateDecision] | StateUnavailable) -> None:
+            outcome: Result | Failure
+            if isinstance(answers, StateUnavailable):
+                outcome = Failure(answers)  # type: ignore[no-untyped-call]
+            else:
+                try:
+                    outcome = check.conclude(ctx, plan, answers)
+                except Exception:
+                    outcome = Failure()  # type: ignore[no-untyped-call]
+            self._settle(req, engine, pending, outcome)
+
+        native.count(plan.counted, done)
+
+    def _settle(self, req: PolicyRequest, engine: Engine, pending: Pending, outcome: Result | Failure) -> None:
+        """Finish a natively counted request (called back by the counter client, in the reactor)."""
+        try:
+            self._threaded(engine.settle(req, pending, outcome), req, engine)
+        except Exception:  # a bug here must not leave the connection waiting for ever
+            self._crashed(Failure())  # type: ignore[no-untyped-call]
 
     def _threaded(self, evaluation: Evaluation | Pending, req: PolicyRequest, engine: Engine) -> None:
         if isinstance(evaluation, Pending):  # settled natively, and a later check needs I/O too
@@ -206,36 +260,22 @@ class PolicyProtocol(Protocol):
                     failure, peer=self.peer)
         self.close("internal error")
 
+    def _answer(self, req: PolicyRequest, ev: Evaluation, engine: Engine) -> bytes:
+        """Count and log the answer; its bytes on the wire."""
+        self.service.record(req, ev, engine)
+        return DUNNO_REPLY if ev.action == "DUNNO" else format_reply(ev.action)
+
+    def _write(self, data: bytes) -> None:
+        if self.out is not None:
+            self.out.write(data)
+        else:
+            self.t.write(data)
+
     def _reply(self, req: PolicyRequest, ev: Evaluation, engine: Engine) -> None:
         if self.closing:
             return
-        self.t.write(format_reply(ev.action))
+        self._write(self._answer(req, ev, engine))
         self.last_active = self.service.reactor.seconds()
-        self.service.record(req, ev, engine)
-
-
-def drive_native(flow: Generator[Call, RateDecision, Result], native: NativeCounters) -> defer.Deferred[Result]:
-    """Run the rate check's coroutine with Deferred counter calls, in the reactor."""
-    done: defer.Deferred[Result] = defer.Deferred()
-
-    def step(answer: RateDecision | None) -> None:
-        try:
-            call = next(flow) if answer is None else flow.send(answer)
-        except StopIteration as stop:
-            done.callback(stop.value)
-            return
-        except Exception:
-            done.errback()
-            return
-        d = native.hit_if_below(call.key, call.amount, [(call.window, call.limit)], call.now)
-        d.addCallbacks(step, fail)
-
-    def fail(f: Failure) -> None:
-        flow.close()
-        done.errback(f)
-
-    step(None)
-    return done
 
 
 class PolicyFactory(Factory):
@@ -345,8 +385,14 @@ class PolicyService:
                 f"sasl_username={req.sasl_username or '-'} sender=<{req.sender}> "
                 f"client={req.client_address or '-'} state={req.protocol_state} check={ev.check or '-'} "
                 f"id={ev.rule_id or '-'} action={ev.action!r}")
-        log.info("{congvu_line}", congvu_line=line, check=ev.check, rule_id=ev.rule_id, citation=ev.citation,
-                 action=ev.action, queue_id=req.queue_id, instance=req.instance)
+        # The event Logger.info would build, handed straight to the logger's observer: Logger.emit's
+        # level validation and keyword handling cost as much as the rest of the request's logging.
+        _observe({
+            "log_logger": log, "log_level": _INFO, "log_namespace": log.namespace, "log_source": log.source,
+            "log_format": "{congvu_line}", "log_time": _now(), "congvu_line": line, "check": ev.check,
+            "rule_id": ev.rule_id, "citation": ev.citation, "action": ev.action, "queue_id": req.queue_id,
+            "instance": req.instance, "sasl_username": req.sasl_username, "sender": req.sender,
+            "client": req.client_address})
 
     # ------------------------------------------------------------------ lifecycle
 

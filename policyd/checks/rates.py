@@ -5,9 +5,10 @@ from __future__ import annotations
 import ipaddress
 import math
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import NamedTuple
 
 from directory.model import Account, RateDecision, StateUnavailable
 from policyd.checks.base import Check, Context, Result, passed
@@ -19,8 +20,7 @@ HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
+class Call(NamedTuple):
     """One counter call the rate check needs: add ``amount`` to ``key`` if ``window`` stays ≤ ``limit``."""
 
     key: str
@@ -28,6 +28,18 @@ class Call:
     window: timedelta
     limit: int
     label: str
+    now: float
+
+
+class Plan(NamedTuple):
+    """What the rate check will count for one message: every window, and those with a limit, in order."""
+
+    calls: tuple[Call, ...]
+    #: The calls with a limit (0 = unlimited is not counted), in the order they must be made.
+    counted: tuple[Call, ...]
+    who: str
+    source: str
+    marker: str
     now: float
 
 
@@ -99,44 +111,65 @@ class RatesCheck(Check):
         """True if finding the sender's limits needs a directory call (a thread)."""
         return req.authenticated and not ctx.accounts.cached(ctx.login(req))
 
-    def flow(self, req: PolicyRequest, ctx: Context) -> Generator[Call, RateDecision, Result]:
-        """The check as a coroutine: yields each counter call, receives its answer, returns the result.
-
-        :meth:`run` drives it with the blocking store (thread pool, ``explain``); the server
-        drives it with :class:`policyd.redis_native.NativeCounters` in the reactor.  Windows
-        are counted one after the other and the first one full stops the message.
-        """
+    def plan(self, req: PolicyRequest, ctx: Context) -> Plan:
+        """The windows to count for this message, in order, with who is counted and under which limits."""
         now = ctx.clock()
-        marker = self._marker(req)
         if req.authenticated:
             login = ctx.login(req)
             account: Account | None = ctx.accounts.get(login)
             address = account.address if account is not None else login
             lim = user_limits(ctx.cfg, address, account.mailbox_type if account is not None else "personal")
-            calls = [Call(f"policyd:msgs:{address}", 1, HOUR, lim.messages_per_hour, "messages per hour", now),
-                     Call(f"policyd:rcpts:{address}", max(1, req.recipient_count), DAY, lim.recipients_per_day,
-                          "recipients per day", now)]
+            calls: tuple[Call, ...] = (
+                Call(f"policyd:msgs:{address}", 1, HOUR, lim.messages_per_hour, "messages per hour", now),
+                Call(f"policyd:rcpts:{address}", max(1, req.recipient_count), DAY, lim.recipients_per_day,
+                     "recipients per day", now))
             who, source = address, lim.source
         else:
             net = client_key(req.client_address, ctx.cfg.policyd.ipv6_prefix)
-            calls = [Call(f"policyd:ip:{net}", 1, HOUR, ctx.cfg.policyd.ip_messages_per_hour,
-                          "messages per hour", now)]
+            calls = (Call(f"policyd:ip:{net}", 1, HOUR, ctx.cfg.policyd.ip_messages_per_hour,
+                          "messages per hour", now),)
             who, source = f"client {net}", "ip_messages_per_hour"
+        return Plan(calls, tuple(c for c in calls if c.limit != 0), who, source, self._marker(req), now)
+
+    def conclude(self, ctx: Context, plan: Plan, answers: Sequence[RateDecision]) -> Result:
+        """The result once the counter store answered ``plan.counted`` in order, up to the first refusal."""
         notes = []
-        for call in calls:
+        replies = iter(answers)
+        for call in plan.calls:
             if call.limit == 0:
                 notes.append(f"{call.label} unlimited")
                 continue
-            allowed, totals, retry = yield call
+            answer = next(replies, None)
+            if answer is None:
+                raise StateUnavailable(f"counter store gave no answer for {call.label} of {plan.who}")
+            allowed, totals, retry = answer
             if not allowed:
-                if marker and not ctx.dry_run:
-                    ctx.counted.add(marker)
-                return Result(self._refusal(ctx, who, call.label, call.limit, retry, now),
-                              f"{who}: {call.label} would reach {totals[0] + call.amount} > {call.limit} ({source})")
+                if plan.marker and not ctx.dry_run:
+                    ctx.counted.add(plan.marker)
+                return Result(self._refusal(ctx, plan.who, call.label, call.limit, retry, plan.now),
+                              f"{plan.who}: {call.label} would reach {totals[0] + call.amount} > {call.limit} "
+                              f"({plan.source})")
             notes.append(f"{call.label} {totals[0]}/{call.limit}" + (" (dry run: not counted)" if ctx.dry_run else ""))
-        if marker and not ctx.dry_run:
-            ctx.counted.add(marker)
-        return passed(f"{who} counted ({source}): {', '.join(notes)}")
+        if plan.marker and not ctx.dry_run:
+            ctx.counted.add(plan.marker)
+        return passed(f"{plan.who} counted ({plan.source}): {', '.join(notes)}")
+
+    def flow(self, req: PolicyRequest, ctx: Context) -> Generator[Call, RateDecision, Result]:
+        """The check as a coroutine: yields each counter call, receives its answer, returns the result.
+
+        :meth:`run` drives it with the blocking store (thread pool, ``explain``).  Windows are
+        counted one after the other and the first one full stops the message; the server's
+        native Redis path sends :attr:`Plan.counted` as one script with the same rule
+        (:meth:`policyd.redis_native.NativeCounters.count`).
+        """
+        plan = self.plan(req, ctx)
+        answers: list[RateDecision] = []
+        for call in plan.counted:
+            answer = yield call
+            answers.append(answer)
+            if not answer.allowed:
+                break
+        return self.conclude(ctx, plan, answers)
 
     def run(self, req: PolicyRequest, ctx: Context) -> Result:
         counters = ctx.counters

@@ -169,3 +169,37 @@ def test_clean_text_keeps_vietnamese() -> None:
     """Diacritics survive; control characters become spaces and runs of space collapse."""
     assert clean_text("Thư quá lớn\r\naction=OK") == "Thư quá lớn action=OK"
     assert format_reply("") == b"action=DUNNO\n\n"
+
+
+def _line_by_line(lines: list[str]) -> PolicyRequest | None:
+    """The README's reading, one line at a time: None where the parser must refuse."""
+    attrs: dict[str, str] = {}
+    for line in lines:
+        if "=" not in line:
+            return None
+        name, value = line.split("=", 1)
+        attrs[name] = value
+    if "" in attrs:
+        return None
+    try:
+        return PolicyRequest.from_attributes(attrs)
+    except PolicyProtocolError:
+        return None
+
+
+_LINE_TEXT = st.text(st.characters(blacklist_characters="\n\r\x00", blacklist_categories=["Cs"]), max_size=12)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.one_of(
+    st.tuples(st.sampled_from([*PolicyRequest._fields, "future_attribute", ""]), _LINE_TEXT).map("=".join),
+    _LINE_TEXT.filter(bool)), max_size=10))
+def test_fast_path_reads_like_the_readme(lines: list[str]) -> None:
+    """Whatever the "=" count per line (0, 1, several), the parser's answer is the line-by-line one."""
+    lines = ["request=smtpd_access_policy", *lines]
+    want = _line_by_line(lines)
+    try:
+        got: PolicyRequest | None = PolicyParser().feed(("\n".join(lines) + "\n\n").encode())[0]
+    except PolicyProtocolError:
+        got = None
+    assert got == want

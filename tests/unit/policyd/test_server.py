@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
+from directory.model import RateDecision, StateUnavailable
+from policyd.checks.rates import Call
 from policyd.server import PolicyProtocol, PolicyService, _unix_path
 from policyd.stats import parse_metrics
 from rules.config import config_from_mapping
@@ -110,3 +113,56 @@ def test_unix_endpoint_path() -> None:
         "/var/spool/postfix/private/congvu-policy"
     assert _unix_path(r"unix:/tmp/a\:b.sock:lockfile=0") == "/tmp/a:b.sock"
     assert _unix_path("tcp:10040:interface=127.0.0.1") is None
+
+
+EOM = (b"request=smtpd_access_policy\nprotocol_state=END-OF-MESSAGE\nsender=a@example.com\n"
+       b"client_address=192.0.2.9\nrecipient_count=1\nsize=1000\ninstance=m%d\n\n")
+
+
+class PendingCounters:
+    """Stands in for NativeCounters.count: keeps each message's calls and callback until the test answers."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Sequence[Call], Callable[[Any], None]]] = []
+
+    def count(self, calls: Sequence[Call], done: Callable[[Any], None]) -> None:
+        self.pending.append((calls, done))
+
+
+def test_counted_messages_are_answered_in_order_once_the_counters_answer(svc: PolicyService) -> None:
+    """END-OF-MESSAGE waits for its counter answer; what was pipelined behind it is answered after it, in order."""
+    counters = PendingCounters()
+    svc.native = counters  # type: ignore[assignment]
+    proto, tr = _connect(svc)
+    proto.dataReceived(RCPT_BIG % 1 + EOM % 1 + RCPT_BIG % 2 + EOM % 2)
+    assert tr.value() == b"action=DUNNO\n\n" and len(counters.pending) == 1  # the 2nd RCPT waits behind EOM 1
+    calls, done = counters.pending.pop()
+    assert [(c.key, c.amount, c.limit) for c in calls] == [("policyd:ip:192.0.2.9", 1, 300)]
+    done([RateDecision(True, (1,), None)])
+    assert tr.value() == b"action=DUNNO\n\n" * 3 and len(counters.pending) == 1
+    counters.pending.pop()[1]([RateDecision(False, (300,), 120.0)])
+    last = tr.value().split(b"\n\n")[3]
+    assert last.startswith(b"action=450 4.7.1 ") and b"300" in last and b"CT25-3.1" in last
+    assert svc.stats.native == 2 and svc.stats.requests == 4 and svc.stats.decisions[("rates", "defer")] == 1
+
+
+def test_counter_store_failure_fails_open_and_is_counted(svc: PolicyService) -> None:
+    """The counter store's StateUnavailable answers DUNNO (fail_rates = dunno) and counts a failure."""
+    counters = PendingCounters()
+    svc.native = counters  # type: ignore[assignment]
+    proto, tr = _connect(svc)
+    proto.dataReceived(EOM % 7)
+    counters.pending.pop()[1](StateUnavailable("redis 127.0.0.1:1: no answer within 0.5s"))
+    assert tr.value() == b"action=DUNNO\n\n" and not tr.disconnecting
+    assert svc.stats.failures[("rates", "dunno")] == 1
+
+
+def test_a_message_counted_once_is_not_counted_again(svc: PolicyService) -> None:
+    """The same instance at DATA and END-OF-MESSAGE goes to the counter store once."""
+    counters = PendingCounters()
+    svc.native = counters  # type: ignore[assignment]
+    proto, tr = _connect(svc)
+    proto.dataReceived(EOM.replace(b"END-OF-MESSAGE", b"DATA") % 3)
+    counters.pending.pop()[1]([RateDecision(True, (1,), None)])
+    proto.dataReceived(EOM % 3)
+    assert not counters.pending and tr.value() == b"action=DUNNO\n\n" * 2

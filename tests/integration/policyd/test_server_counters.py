@@ -1,0 +1,140 @@
+"""policyd's native Redis counter client against a real redis-server, driven by its own Twisted reactor.
+
+The batch script must answer, and leave the counters, exactly as redis-py's store does with
+one ``hit_if_below`` per window (directory/counters_redis.py): both clients share the keys.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from twisted.internet.epollreactor import EPollReactor
+
+from directory.counters import open_counters
+from directory.model import RateDecision, StateUnavailable
+from policyd.checks.rates import Call
+from policyd.redis_native import NativeCounters
+from rules.config import Config, config_from_mapping
+from tests.integration.servers.redis import RedisServer
+
+HOUR, DAY = timedelta(hours=1), timedelta(days=1)
+Answer = list[RateDecision] | StateUnavailable
+
+
+def _config(tmp_path: Path, server: RedisServer, prefix: str, timeout: str = "1s") -> Config:
+    return config_from_mapping({"state_dir": str(tmp_path), "state": {
+        "backend": "redis", "url": server.url, "prefix": prefix, "timeout": timeout}})
+
+
+@pytest.fixture
+def reactor() -> Iterator[Any]:
+    """A private, never-installed reactor that the test turns by hand (iterate), closed afterwards."""
+    r: Any = EPollReactor()  # type: ignore[no-untyped-call]
+    yield r
+    r.disconnectAll()
+    for call in r.getDelayedCalls():
+        call.cancel()
+    for reader in list(r._internalReaders):
+        r.removeReader(reader)
+        reader.connectionLost(None)
+
+
+def _turn(reactor: Any, done: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "no answer in time"
+        reactor.iterate(0.01)
+
+
+def _count_all(reactor: Any, native: NativeCounters, messages: list[list[Call]]) -> list[Answer]:
+    """Hand every message to ``count`` in the same reactor tick; their answers, in message order."""
+    answers: dict[int, Answer] = {}
+    for i, calls in enumerate(messages):
+        native.count(calls, lambda a, i=i: answers.__setitem__(i, a))  # type: ignore[misc]
+    _turn(reactor, lambda: len(answers) == len(messages))
+    return [answers[i] for i in range(len(messages))]
+
+
+def _message(user: str, recipients: int, now: float, per_hour: int = 2, per_day: int = 7) -> list[Call]:
+    return [Call(f"policyd:msgs:{user}", 1, HOUR, per_hour, "messages per hour", now),
+            Call(f"policyd:rcpts:{user}", recipients, DAY, per_day, "recipients per day", now)]
+
+
+def test_a_batch_counts_like_redis_py_one_window_at_a_time(tmp_path: Path, redis_server: RedisServer,
+                                                           reactor: Any) -> None:
+    """One script call for five messages: same answers and same counters as sequential hit_if_below calls."""
+    run = uuid.uuid4().hex[:8]
+    native_cfg, ref_cfg = (_config(tmp_path, redis_server, f"{run}-{side}:") for side in ("native", "ref"))
+    now = time.time()
+    messages = [_message("u1", 3, now), _message("u1", 3, now),
+                _message("u1", 3, now),  # third message of the hour: refused on messages, recipients untouched
+                _message("u2", 10, now),  # 10 > 7 recipients a day: counted as a message, refused for ever
+                _message("u3", 1, now)]
+    client = redis.Redis.from_url(redis_server.url)
+    client.script_flush()  # the first call meets NOSCRIPT and must fall back to EVAL
+    client.config_resetstat()
+    native = NativeCounters(native_cfg, reactor)
+    try:
+        got = _count_all(reactor, native, messages)
+    finally:
+        native.close()
+    stats = client.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 1 and stats["cmdstat_eval"]["calls"] == 1  # one batch, one retry
+
+    ref = open_counters(ref_cfg)
+    want: list[Answer] = []
+    for calls in messages:
+        decisions = []
+        for c in calls:
+            decisions.append(ref.hit_if_below(c.key, c.amount, [(c.window, c.limit)], c.now))
+            if not decisions[-1].allowed:
+                break
+        want.append(decisions)
+    assert got == want
+    assert [len(a) for a in got if isinstance(a, list)] == [2, 2, 1, 2, 2]
+    native_view = open_counters(native_cfg)
+    for user in ("u1", "u2", "u3"):
+        for kind, window in (("msgs", HOUR), ("rcpts", DAY)):
+            key = f"policyd:{kind}:{user}"
+            assert native_view.peek(key, [window], now) == ref.peek(key, [window], now), key
+    assert native_view.peek("policyd:msgs:u2", [HOUR], now) == (1,)
+    native_view.close()
+    ref.close()
+    client.close()
+
+
+def test_a_frozen_redis_times_out_then_counting_resumes(tmp_path: Path, reactor: Any) -> None:
+    """No answer within [state] timeout: StateUnavailable; once Redis answers again, so does the client."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    native = NativeCounters(_config(tmp_path, server, "frozen:", timeout="1s"), reactor)
+    try:
+        now = time.time()
+        [first] = _count_all(reactor, native, [_message("u", 1, now)])
+        assert isinstance(first, list) and first[0].allowed
+        server.pause()
+        started = time.monotonic()
+        [frozen] = _count_all(reactor, native, [_message("u", 1, now)])
+        assert isinstance(frozen, StateUnavailable) and "no answer within 1s" in str(frozen)
+        assert 0.9 < time.monotonic() - started < 3
+        server.resume()
+        deadline = time.monotonic() + 10
+        while True:  # fails fast for a second after the timeout, then reconnects
+            [again] = _count_all(reactor, native, [_message("u", 1, time.time(), per_hour=100)])
+            if isinstance(again, list):
+                break
+            assert time.monotonic() < deadline, again
+            reactor.iterate(0.1)
+        # The timed-out call may still have been counted once Redis woke up, as with redis-py.
+        assert again[0].allowed and again[0].totals[0] in (2, 3)
+    finally:
+        native.close()
+        server.resume()
+        server.stop()
