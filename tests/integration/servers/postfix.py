@@ -35,7 +35,9 @@ from tests.integration.support import free_port, need, wait_port
 
 REPO = Path(__file__).resolve().parents[3]
 POSTFIX_CONF = REPO / "conf" / "postfix"
-STOCK_MASTER_CF = Path("/etc/postfix/master.cf")
+#: Debian's stock master.cf; a "No configuration" install may only have the .dist copy.
+STOCK_MASTER_CF = next((p for p in (Path("/etc/postfix/master.cf"), Path("/usr/share/postfix/master.cf.dist"))
+                        if p.exists()), Path("/etc/postfix/master.cf"))
 #: Domains this instance delivers locally (cantho-2025's and thanhhoa-2013's, and an outsider's).
 DOMAINS = ("cantho.gov.vn", "thanhhoa.gov.vn", "example.org")
 #: Unprivileged owner of the Maildir (the virtual(8) agent refuses root).
