@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 from typing import Any
 
 from directory.cli import EXIT_OK, add_config_args, config_for
@@ -72,7 +73,9 @@ def _example(args: argparse.Namespace, out: Output) -> int:
                 out.line(f"# {doc}")
         src = {"profile": f"profile {cfg.profile.name}", "suite": "suite default", "file": "this file"}[o.source]
         out.line("")
-        out.line(f"# {o.doc}.  {o.rule_id}: {citation(o.rule_id)} ({src})")
+        doc = o.doc[:1].upper() + o.doc[1:]
+        out.line(textwrap.fill(doc.rstrip(".") + ".", width=100, initial_indent="# ", subsequent_indent="# "))
+        out.line(f"# {o.rule_id}: {citation(o.rule_id)} ({src})")
         line = f"{name} = {_toml(redact(o.raw))}"
         out.line(line if name == "profile" else f"# {line}")
     return EXIT_OK

@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 
 from directory.model import DirectoryUnavailable, StateUnavailable
 from policyd.checks import CHECK_NAMES, CHECKS, Check, Context, Result
-from policyd.protocol import PolicyRequest
+from policyd.protocol import PolicyRequest, bounded_action
 from rules.decision import Decision, Language, Verdict
 from rules.requirements import citation
 
@@ -61,14 +61,31 @@ class Pending:
 
 
 def decision_action(d: Decision, language: Language) -> str:
-    """A Decision as a Postfix access(5) action: ``550 5.7.1 text (id: citation)``."""
+    """A Decision as a Postfix access(5) action: ``550 5.7.1 text (id: citation)``.
+
+    Bounded here, for every check: the free text is cut (:data:`policyd.protocol.MAX_REASON`
+    characters per reason, :data:`policyd.protocol.MAX_ACTION` bytes in all), the codes, the
+    rule id and the citation are kept, so a 2,000-character ``state_reason`` never makes a
+    reply longer than the 512 octets RFC 5321 allows per line.
+    """
     if d.verdict is Verdict.REJECT:
-        return f"{d.smtp_code or 554} {d.enhanced or '5.7.1'} {d.text(language)}"
-    if d.verdict is Verdict.DEFER:
-        return f"{d.smtp_code or 450} {d.enhanced or '4.7.1'} {d.text(language)}"
-    if d.verdict is Verdict.WARN:
-        return f"WARN {d.text(language)}"
-    return "DUNNO"
+        head = f"{d.smtp_code or 554} {d.enhanced or '5.7.1'}"
+    elif d.verdict is Verdict.DEFER:
+        head = f"{d.smtp_code or 450} {d.enhanced or '4.7.1'}"
+    elif d.verdict is Verdict.WARN:
+        head = "WARN"
+    else:
+        return "DUNNO"
+    return bounded_action(head, _texts(d, language), f"({d.rule_id}: {d.citation})")
+
+
+def _texts(d: Decision, language: Language) -> tuple[str, ...]:
+    """The decision's sentences in the configured language (as :meth:`Decision.text` picks them)."""
+    if language == "vi":
+        return (d.text_vi or d.text_en,)
+    if language == "en":
+        return (d.text_en or d.text_vi,)
+    return tuple(t for t in (d.text_vi, d.text_en) if t)
 
 
 def failure_action(check: Check, language: Language) -> str:
@@ -76,7 +93,7 @@ def failure_action(check: Check, language: Language) -> str:
     d = Decision(Verdict.DEFER, check.rule_id,
                  text_vi=f"Tạm thời không kiểm tra được ({check.name}), xin gửi lại sau",
                  text_en=f"Temporary failure in the {check.name} check, please retry later")
-    return f"DEFER_IF_PERMIT 4.3.0 {d.text(language)}"
+    return bounded_action("DEFER_IF_PERMIT 4.3.0", _texts(d, language), f"({d.rule_id}: {d.citation})")
 
 
 class Engine:

@@ -9,6 +9,7 @@ reply, as the README prescribes, and Postfix retries.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import repeat
 from operator import itemgetter
 from typing import Any, NamedTuple
@@ -212,9 +213,57 @@ def clean_text(text: str) -> str:
     return " ".join(text.split())
 
 
+#: The longest action we send, in bytes.  RFC 5321 4.5.3.1.5 allows 512 octets per reply
+#: line, and Postfix puts ``<recipient>: Recipient address rejected: `` before our text.
+MAX_ACTION = 400
+#: The longest free-text reason (an account's ``state_reason``, say) inside a reply, in characters.
+MAX_REASON = 120
+_ELLIPSIS = "..."
+
+
+def clip(text: str, limit: int = MAX_REASON) -> str:
+    """``text`` cut to ``limit`` characters (ending in ``...`` when cut), on one line."""
+    text = clean_text(text)
+    if len(text) <= limit:
+        return text
+    return text[:max(limit - len(_ELLIPSIS), 0)].rstrip() + _ELLIPSIS
+
+
+def clip_bytes(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` UTF-8 bytes at a character boundary (ending in ``...`` when cut)."""
+    raw = text.encode("utf-8", "replace")
+    if len(raw) <= limit:
+        return text
+    room = max(limit - len(_ELLIPSIS), 0)
+    return raw[:room].decode("utf-8", "ignore").rstrip() + _ELLIPSIS
+
+
+def bounded_action(head: str, texts: Sequence[str], tail: str) -> str:
+    """``head text / text tail`` within :data:`MAX_ACTION` bytes: the free texts are cut, never
+    ``head`` (the action and SMTP codes) or ``tail`` (the rule id and its citation)."""
+    head, tail = clean_text(head), clean_text(tail)
+    parts = [c for c in map(clean_text, texts) if c]
+    sep = " / "
+    room = MAX_ACTION - len(head.encode()) - len(tail.encode()) - 2 - len(sep) * max(len(parts) - 1, 0)
+    if parts and sum(len(p.encode()) for p in parts) > room:
+        # Shortest first: a short text is kept whole and leaves its unused share to the long ones.
+        left = max(room, 0)
+        cut = list(parts)
+        for n, i in enumerate(sorted(range(len(parts)), key=lambda i: len(parts[i].encode()))):
+            cut[i] = clip_bytes(parts[i], left // (len(parts) - n))
+            left -= len(cut[i].encode())
+        parts = cut
+    return " ".join(x for x in (head, sep.join(parts), tail) if x)
+
+
 def format_reply(action: str) -> bytes:
-    """``action=<action>\\n\\n``: whatever the text holds, exactly one line and valid UTF-8."""
-    return b"action=" + (clean_text(action) or "DUNNO").encode("utf-8", "replace") + b"\n\n"
+    """``action=<action>\\n\\n``: whatever the text holds, one line, valid UTF-8, at most MAX_ACTION bytes.
+
+    Actions built by the engine are already bounded with the citation kept
+    (:func:`bounded_action`); this cut is the last guard for anything else.
+    """
+    text = clip_bytes(clean_text(action), MAX_ACTION) or "DUNNO"
+    return b"action=" + text.encode("utf-8", "replace") + b"\n\n"
 
 
 DUNNO_REPLY = b"action=DUNNO\n\n"

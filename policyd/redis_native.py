@@ -8,8 +8,9 @@ both clients share the counters) from the reactor, pipelined on one connection.
 
 The rate check's messages go out in batches (:meth:`NativeCounters.count`): every message
 counted during one reactor tick, all its windows, in ONE script call (``MULTI_LUA`` runs
-``COUNTER_LUA`` per key, stopping a message at its first refusal exactly as the check's
-own sequential flow does), written straight to the socket (:mod:`policyd.sendnow`).  The
+``COUNTER_LUA`` per key, checking every window of a message before counting any, so a
+refused message counts nowhere, as the check's own flow does), written straight to the
+socket (:mod:`policyd.sendnow`).  The
 answers come back through plain callbacks rather than Deferred chains, and one timer per
 connection watches the oldest call rather than one timer per call.  Measured with
 bench/policyd_bench.py (16 connections, 2026-11-22): batches of ~5 messages, and the
@@ -57,30 +58,63 @@ _SHA = hashlib.sha1(COUNTER_LUA.encode()).hexdigest()
 
 #: ``COUNTER_LUA`` (the very script redis-py runs: same keys, same answers) for a batch of
 #: messages, in mode ``check``.  ARGV: the bucket count, the number of messages; per message,
-#: its number of keys; per key: now (ms), amount, window (ms), limit, bucket field.  A
-#: message's keys are counted in order and the first one whose limit is reached stops that
-#: message (not the others).  Reply: one string of integers, ``,``-separated: per message, the
-#: number of keys counted, then ``allowed,retry,total`` for each (one string parses in C).
+#: its number of keys; per key: now (ms), amount, window (ms), limit, bucket field.
+#: All-or-nothing per message: keys 2..n are first checked with writes disabled (``COUNTER_LUA``
+#: runs against a read-only ``redis`` that passes HGETALL and drops the writes); if one is
+#: full, the message is refused and NOTHING is counted, so a deferred message and its retries
+#: do not burn the other windows' budget.  Otherwise key 1 is checked for real (a refusal
+#: writes nothing) and, if it passes, keys 2..n are counted (the script is atomic: they
+#: still pass).  One dry pass fewer than checking every key dry first.  Reply: one string of
+#: integers, ``,``-separated: per message, the number of keys answered, then
+#: ``allowed,retry,total`` for each (all keys if counted; up to the refused one otherwise).
 MULTI_LUA = (
-    "local function count(KEYS, ARGV)\n" + COUNTER_LUA + "\nend\n"
-    """local nb, out, a, k = ARGV[1], {}, 3, 0
+    "local function count(KEYS, ARGV, redis)\n" + COUNTER_LUA + "\nend\n"
+    """local real = redis
+local dry = {call = function(cmd, ...)
+  if cmd == 'HGETALL' then return real.call(cmd, ...) end
+  return false
+end}
+local nb, out, a, k = ARGV[1], {}, 3, 0
+local function put(r)
+  out[#out + 1] = r[1]
+  out[#out + 1] = r[2]
+  out[#out + 1] = r[3]
+end
 for m = 1, tonumber(ARGV[2]) do
   local nk = tonumber(ARGV[a])
-  a = a + 1
-  local at, stopped = #out + 1, false
-  out[at] = 0
-  for j = 1, nk do
-    k = k + 1
-    if not stopped then
-      local r = count({KEYS[k]}, {ARGV[a], ARGV[a + 1], 'check', nb, ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]})
-      out[#out + 1] = r[1]
-      out[#out + 1] = r[2]
-      out[#out + 1] = r[3]
-      out[at] = out[at] + 1
-      stopped = r[1] == 0
-    end
-    a = a + 5
+  local first = a + 1
+  local function args(j)
+    local b = first + 5 * (j - 1)
+    return {ARGV[b], ARGV[b + 1], 'check', nb, ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]}
   end
+  local at = #out + 1
+  out[at] = 0
+  -- Keys 2..n dry first; key 1 for real only if they all pass (a refused 'check' writes nothing).
+  local refused = 0
+  for j = 2, nk do
+    local r = count({KEYS[k + j]}, args(j), dry)
+    if r[1] == 0 then refused = j; break end
+  end
+  if refused > 0 then
+    -- answers in key order up to the first refusal: key 1, then keys 2..refused (looked at again, dry)
+    local r1 = count({KEYS[k + 1]}, args(1), dry)
+    put(r1)
+    out[at] = 1
+    if r1[1] == 1 then
+      for j = 2, refused do put(count({KEYS[k + j]}, args(j), dry)) end
+      out[at] = refused
+    end
+  else
+    local r1 = count({KEYS[k + 1]}, args(1), real)
+    put(r1)
+    out[at] = 1
+    if r1[1] == 1 then
+      for j = 2, nk do put(count({KEYS[k + j]}, args(j), real)) end
+      out[at] = nk
+    end
+  end
+  k = k + nk
+  a = first + 5 * nk
 end
 return table.concat(out, ',')
 """)
@@ -384,9 +418,10 @@ class NativeCounters:
     def count(self, calls: Sequence[Call], done: Callable[[list[RateDecision] | StateUnavailable], None]) -> None:
         """Count one message's windows; ``done`` gets the answers in the reactor, a tick or more later.
 
-        Same meaning as ``hit_if_below`` for each call in order, stopping at the first
-        refusal: ``done`` gets one RateDecision per call counted (the last one refused, if
-        any), or the StateUnavailable that stopped it.
+        All or nothing: every window is checked before any is counted.  ``done`` gets one
+        RateDecision per call if all were counted, or the answers up to the first refusal
+        (the last one refused; then nothing was counted), or the StateUnavailable that
+        stopped it.
 
         Messages are batched: every message counted during one reactor tick (all the
         connections whose END-OF-MESSAGE arrived in one poll) goes to Redis in ONE script

@@ -42,7 +42,7 @@ from policyd.protocol import DUNNO_REPLY, PolicyParser, PolicyProtocolError, Pol
 from policyd.redis_native import NativeCounters
 from policyd.sendnow import Sender
 from policyd.stats import Stats
-from rules.config import Config
+from rules.config import Config, ConfigError, check_listen
 
 log = Logger(namespace="congvu.policyd")
 _INFO = LogLevel.info
@@ -399,6 +399,7 @@ class PolicyService:
     @defer.inlineCallbacks
     def start(self) -> Any:
         """Listen on every endpoint; fires with self, or fails (having closed what it opened)."""
+        check_listen(self.cfg)
         self.pool.start()
         p = self.cfg.policyd
         try:
@@ -453,6 +454,10 @@ class PolicyService:
             self.stats.reloads_failed += 1
             log.error("policyd: reload refused ({err}); keeping the running configuration", err=str(e))
             return
+        try:
+            check_listen(cfg)
+        except ConfigError as e:  # not listened on until a restart, but that restart would fail
+            log.warn("policyd: {err}", err=str(e))
         if (cfg.policyd.listen, cfg.policyd.stats_listen) != (self.cfg.policyd.listen, self.cfg.policyd.stats_listen):
             log.warn("policyd: listen/stats_listen changed; they take effect at the next restart")
         self.cfg, self.engine = cfg, engine

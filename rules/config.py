@@ -361,7 +361,11 @@ class PolicydSettings:
     """The Postfix policy server (CT25-3, CT25-5.1, TH13-9, CT15-8)."""
 
     listen: tuple[str, ...] = setting(["tcp:10040:interface=127.0.0.1"], _list(_endpoint),
-        doc="endpoints Postfix connects to")
+        doc="endpoints Postfix connects to: a unix socket, or TCP on a loopback interface "
+            "(anything else needs allow_remote)")
+    allow_remote: bool = setting(False, _bool, "CT25-3.2",
+        doc="allow a TCP listen endpoint on a non-loopback interface (or on all interfaces): anyone who "
+            "can connect can then spend users' sending budgets and probe account states; firewall it")
     mynetworks: tuple[Any, ...] = setting(["127.0.0.0/8", "::1/128"], _list(_network), "CT25-3.2",
         doc="clients trusted to relay with local senders")
     idle_timeout: timedelta = setting("300s", _duration, doc="close idle connections (Postfix reconnects)")
@@ -395,8 +399,12 @@ class PolicydSettings:
     recipients_per_day_agency: int = setting(2000, _int(0), "CT25-3.1", doc="same, agency mailbox")
     rate_overrides: Mapping[str, Mapping[str, int]] = setting({}, _rate_overrides, "CT25-3.1",
         doc="per-account limits: \"addr\" = { messages_per_hour = N, recipients_per_day = N }")
-    ip_messages_per_hour: int = setting(300, _int(0), "CT25-3.1",
-        doc="unauthenticated messages per client IP per sliding hour; 0 = unlimited")
+    ip_messages_per_hour: int = setting(0, _int(0), "CT25-3.1",
+        doc="unauthenticated messages per client IP (IPv6: per ipv6_prefix network) per sliding hour; "
+            "0 = off, the default: on an MX the national gateway and the big providers send thousands "
+            "an hour from a few addresses, and forged local senders are forged_sender's job. Turn it on "
+            "only where every legitimate unauthenticated client is known and small: an MX that receives "
+            "only from a known set of relays (set it above their peak), or a submission-only instance")
     ipv6_prefix: int = setting(64, _int(32, 128), doc="IPv6 clients are counted per network of this length")
     ip_rate_skip_mynetworks: bool = setting(True, _bool, doc="no per-IP limit for clients in mynetworks")
     fail_account_state: str = setting("defer", _FAILURE, "CT25-6.4a",
@@ -626,6 +634,8 @@ def _build(fname: str, data: dict[str, Any], profile_arg: str | None) -> Config:
 
     top: dict[str, Any] = {}
     for key, (raw_default, parse, rid, doc) in TOP_LEVEL.items():
+        if key == "profile":
+            raw_default = prof_name  # --profile (or the default) is what the file's absence means
         top[key] = _resolve(fname, key, parse, raw_default, rid, prof.get("", key),
                             (key in data, data.get(key)), doc, origins)
 
@@ -653,6 +663,44 @@ def _build(fname: str, data: dict[str, Any], profile_arg: str | None) -> Config:
     return cfg
 
 
+def remote_interface(endpoint: str) -> str | None:
+    """The interface a TCP/SSL endpoint listens on if it is not loopback ("" = all interfaces), else None.
+
+    Twisted's default ``interface`` is every address ("" for tcp/ssl, ``::`` for tcp6).
+    """
+    kind, _, rest = endpoint.partition(":")
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return None  # unix sockets are guarded by their mode and Postfix's chroot
+    iface = "::" if kind == "tcp6" else ""
+    for part in re.split(r"(?<!\\):", rest):
+        if part.startswith("interface="):
+            iface = part[len("interface="):].replace("\\:", ":")
+    if iface == "localhost":
+        return None
+    try:
+        return None if ipaddress.ip_address(iface).is_loopback else iface
+    except ValueError:
+        return iface or ""
+
+
+def check_listen(cfg: Config) -> None:
+    """Refuse a policy endpoint reachable from other hosts unless ``[policyd] allow_remote = true``.
+
+    Whoever can connect can spend users' sending budgets (CT25-3.1) and learn which accounts
+    are locked (CT25-3.2); Postfix on the same host needs nothing but loopback or a socket.
+    """
+    if cfg.policyd.allow_remote:
+        return
+    for endpoint in cfg.policyd.listen:
+        iface = remote_interface(endpoint)
+        if iface is not None:
+            where = f"interface {iface}" if iface not in ("", "::", "0.0.0.0") else "all interfaces"
+            raise ConfigError(cfg.path, "policyd.listen",
+                              f"{endpoint!r} listens on {where}, not loopback: any host that can connect could "
+                              f"spend users' sending budgets and probe account states; use interface=127.0.0.1 "
+                              f"or ::1 or a unix socket, or set [policyd] allow_remote = true behind a firewall")
+
+
 def _validate(fname: str, cfg: Config) -> None:
     """Cross-key checks: values that parse but cannot hold together."""
     mb = cfg.mailbox
@@ -676,5 +724,6 @@ def _validate(fname: str, cfg: Config) -> None:
                                   f"larger than mailbox.quota_{kind}, which {rid} forbids")
     if cfg.password.max_length < cfg.password.min_length:
         raise ConfigError(fname, "password.max_length", "smaller than password.min_length")
+    check_listen(cfg)
     if cfg.directory.backend == "ldap" and not cfg.directory.base_dn:
         raise ConfigError(fname, "directory.base_dn", "required when directory.backend = \"ldap\"")

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from directory.model import Account
 from policyd.checks.base import MESSAGE_STATES, Check, Context, Result, passed
-from policyd.protocol import PolicyRequest
+from policyd.protocol import PolicyRequest, clip
 from rules.decision import Decision, Verdict
 from rules.lifecycle import AccountState
 from rules.passwords import password_state_for
@@ -52,7 +52,7 @@ class AccountStateCheck(Check):
         blocked = BLOCKED.get(account.state)
         if blocked is not None:
             rid, vi, en = blocked
-            why = f" ({account.state_reason})" if account.state_reason else ""
+            why = f" ({clip(account.state_reason)})" if account.state_reason else ""  # MAX_REASON chars
             return Result(Decision(Verdict.REJECT, rid, text_vi=f"{vi}{why}; không thể gửi thư",
                                    text_en=f"{en}{why}; it cannot send mail",
                                    smtp_code=550, enhanced="5.7.1"), f"account state {account.state.value}")

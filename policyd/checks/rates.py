@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import NamedTuple
@@ -154,41 +154,50 @@ class RatesCheck(Check):
             ctx.counted.add(plan.marker)
         return passed(f"{plan.who} counted ({plan.source}): {', '.join(notes)}")
 
-    def flow(self, req: PolicyRequest, ctx: Context) -> Generator[Call, RateDecision, Result]:
-        """The check as a coroutine: yields each counter call, receives its answer, returns the result.
+    def run(self, req: PolicyRequest, ctx: Context) -> Result:
+        """The check with the blocking store (thread pool, SQLite, ``explain``): all windows or none.
 
-        :meth:`run` drives it with the blocking store (thread pool, ``explain``).  Windows are
-        counted one after the other and the first one full stops the message; the server's
-        native Redis path sends :attr:`Plan.counted` as one script with the same rule
-        (:meth:`policyd.redis_native.NativeCounters.count`).
+        Every window is looked at (``peek``) before any is counted, so a message refused by
+        one window (recipients per day, say) does not spend another (messages per hour):
+        otherwise each retry of a deferred message would burn more of the hourly budget.
+        The store is atomic per key only, so two races remain, both rare and both
+        conservative: a window found full whose oldest bucket expires between the look and
+        the refusal gets counted before the other windows are, and a window filled by
+        another request between the look and the count refuses after the earlier windows
+        were counted.  The native Redis path (:data:`policyd.redis_native.MULTI_LUA`) has
+        neither: its check and its count run in one script.
         """
+        counters = ctx.counters
+        if counters is None:
+            raise StateUnavailable(ctx.counters_reason or "counter store not opened")
         plan = self.plan(req, ctx)
+        looked: list[RateDecision] = []
+        counted_early: set[int] = set()
+        for i, call in enumerate(plan.counted):
+            total = counters.peek(call.key, [call.window], call.now)[0]
+            if total + call.amount <= call.limit:
+                looked.append(RateDecision(True, (total,), None))
+                continue
+            if ctx.dry_run:  # explain: look, never count
+                return self.conclude(ctx, plan, [*looked, RateDecision(False, (total,), 0.0)])
+            # Full: the store itself refuses (nothing counted) and says when to retry.
+            answer = counters.hit_if_below(call.key, call.amount, [(call.window, call.limit)], call.now)
+            if not answer.allowed:
+                return self.conclude(ctx, plan, [*looked, answer])
+            counted_early.add(i)  # a bucket expired in between: this window is counted already
+            looked.append(answer)
+        if ctx.dry_run:
+            return self.conclude(ctx, plan, looked)
         answers: list[RateDecision] = []
-        for call in plan.counted:
-            answer = yield call
+        for i, call in enumerate(plan.counted):
+            if i in counted_early:
+                answers.append(looked[i])
+                continue
+            answer = counters.hit_if_below(call.key, call.amount, [(call.window, call.limit)], call.now)
             answers.append(answer)
             if not answer.allowed:
                 break
         return self.conclude(ctx, plan, answers)
-
-    def run(self, req: PolicyRequest, ctx: Context) -> Result:
-        counters = ctx.counters
-        if counters is None:
-            raise StateUnavailable(ctx.counters_reason or "counter store not opened")
-        flow = self.flow(req, ctx)
-        try:
-            call = next(flow)
-            while True:
-                if ctx.dry_run:  # explain: look, never count
-                    total = counters.peek(call.key, [call.window], call.now)[0]
-                    ok = total + call.amount <= call.limit
-                    answer = RateDecision(ok, (total,), None if ok else 0.0)
-                else:
-                    answer = counters.hit_if_below(call.key, call.amount, [(call.window, call.limit)], call.now)
-                call = flow.send(answer)
-        except StopIteration as done:
-            result: Result = done.value
-            return result
 
     def _refusal(self, ctx: Context, who: str, label: str, limit: int, retry: float | None,
                  now: float) -> Decision:

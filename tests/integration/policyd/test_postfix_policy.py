@@ -306,3 +306,18 @@ def test_nothing_lost_across_a_policyd_restart(cantho: Accounts, postfix_site: P
     assert r_inflight.accepted and r_retry.accepted, (r_inflight, r_retry)
     for t in (before, inflight, during):
         pf.wait_delivered(rcpt, 1, t)
+
+
+def test_a_2000_character_state_reason_gives_a_short_reply(cantho: Accounts, postfix_site: PostfixSite) -> None:
+    """Issue 4 audit: the reason is cut, the whole SMTP reply line stays under 512 octets, the article stays."""
+    pf = postfix_site.postfix
+    reason = "Khoa theo yeu cau cua So Noi vu " + "chi tiet " * 222  # 2,030 characters
+    locked = cantho.add(f"long.{uuid.uuid4().hex[:6]}@cantho.gov.vn", state="locked", reason=reason[:2000])
+    rcpt = "nhan.long@cantho.gov.vn"
+    with submission(pf, locked) as s:
+        r = transact(s, locked, rcpt, message(locked, rcpt, tag()))
+    assert (r.stage, r.code) == ("RCPT", 550), r
+    line = f"{r.code} {r.text}"
+    assert len(line.encode()) + 2 <= 512, len(line.encode())  # RFC 5321 4.5.3.1.5, CRLF included
+    assert "\n" not in r.text and "Khoa theo yeu cau cua So Noi vu" in r.text and "..." in r.text, r
+    assert "CT25-6.4a" in r.text and r.text.rstrip().endswith(")"), r

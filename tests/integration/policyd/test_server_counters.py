@@ -75,7 +75,7 @@ def test_a_batch_counts_like_redis_py_one_window_at_a_time(tmp_path: Path, redis
     now = time.time()
     messages = [_message("u1", 3, now), _message("u1", 3, now),
                 _message("u1", 3, now),  # third message of the hour: refused on messages, recipients untouched
-                _message("u2", 10, now),  # 10 > 7 recipients a day: counted as a message, refused for ever
+                _message("u2", 10, now),  # 10 > 7 recipients a day: refused for ever, counted nowhere
                 _message("u3", 1, now)]
     client = redis.Redis.from_url(redis_server.url)
     client.script_flush()  # the first call meets NOSCRIPT and must fall back to EVAL
@@ -90,12 +90,16 @@ def test_a_batch_counts_like_redis_py_one_window_at_a_time(tmp_path: Path, redis
 
     ref = open_counters(ref_cfg)
     want: list[Answer] = []
-    for calls in messages:
+    for calls in messages:  # all or nothing: a message refused by one window is counted in none
         decisions = []
         for c in calls:
-            decisions.append(ref.hit_if_below(c.key, c.amount, [(c.window, c.limit)], c.now))
-            if not decisions[-1].allowed:
+            total = ref.peek(c.key, [c.window], c.now)[0]
+            if total + c.amount > c.limit:
+                decisions.append(ref.hit_if_below(c.key, c.amount, [(c.window, c.limit)], c.now))
                 break
+            decisions.append(RateDecision(True, (total + c.amount,), None))
+        else:
+            decisions = [ref.hit_if_below(c.key, c.amount, [(c.window, c.limit)], c.now) for c in calls]
         want.append(decisions)
     assert got == want
     assert [len(a) for a in got if isinstance(a, list)] == [2, 2, 1, 2, 2]
@@ -104,7 +108,9 @@ def test_a_batch_counts_like_redis_py_one_window_at_a_time(tmp_path: Path, redis
         for kind, window in (("msgs", HOUR), ("rcpts", DAY)):
             key = f"policyd:{kind}:{user}"
             assert native_view.peek(key, [window], now) == ref.peek(key, [window], now), key
-    assert native_view.peek("policyd:msgs:u2", [HOUR], now) == (1,)
+    # Issue 4 audit, defect 2: refused on recipients, u2's message is not counted on messages/hour either
+    # (this assertion was (1,) when windows were committed one after the other).
+    assert native_view.peek("policyd:msgs:u2", [HOUR], now) == (0,)
     native_view.close()
     ref.close()
     client.close()
@@ -138,3 +144,62 @@ def test_a_frozen_redis_times_out_then_counting_resumes(tmp_path: Path, reactor:
         native.close()
         server.resume()
         server.stop()
+
+
+def test_retries_of_a_message_refused_on_recipients_spend_no_hourly_budget(tmp_path: Path, redis_server: RedisServer,
+                                                                            reactor: Any) -> None:
+    """All windows or none, on real Redis: native script and redis-py (the rate check's thread path) alike."""
+    from policyd.checks.base import Context, CountedInstances
+    from policyd.checks.rates import RatesCheck
+    from policyd.lookup import AccountLookup
+    from policyd.protocol import PolicyRequest
+    run = uuid.uuid4().hex[:8]
+    now = time.time()
+    # The native client: five retries of a 5-recipient message after 4 of 7 recipients were used.
+    native_cfg = _config(tmp_path, redis_server, f"{run}-native:")
+    native = NativeCounters(native_cfg, reactor)
+    try:
+        [first] = _count_all(reactor, native, [_message("u", 4, now, per_hour=3)])
+        assert isinstance(first, list) and all(d.allowed for d in first)
+        for _ in range(5):
+            [retry] = _count_all(reactor, native, [_message("u", 5, now, per_hour=3)])
+            assert isinstance(retry, list) and not retry[-1].allowed and len(retry) == 2
+        [small] = _count_all(reactor, native, [_message("u", 1, now, per_hour=3)])
+        assert isinstance(small, list) and all(d.allowed for d in small)
+    finally:
+        native.close()
+    view = open_counters(native_cfg)
+    assert view.peek("policyd:msgs:u", [HOUR], now) == (2,) and view.peek("policyd:rcpts:u", [DAY], now) == (5,)
+    view.close()
+    # The blocking path: RatesCheck.run on redis-py's store, same five retries.
+    from datetime import UTC, datetime
+
+    from directory.model import Account
+    from directory.sqlite_store import SqliteAccountStore
+    cfg = config_from_mapping({"state_dir": str(tmp_path), "state": {
+        "backend": "redis", "url": redis_server.url, "prefix": f"{run}-blocking:"},
+        "policyd": {"messages_per_hour_personal": 3, "recipients_per_day_personal": 7}})
+    store = SqliteAccountStore(tmp_path / "directory.sqlite3")
+    store.add(Account(local_part="u", domain="cantho.gov.vn", full_name="Nguyễn Văn Thử", mailbox_type="personal",
+                      must_change=False, password_changed_at=datetime.now(UTC)))
+    counters = open_counters(cfg)
+    ctx = Context(cfg=cfg, accounts=AccountLookup(store, ttl=1, size=10, clock=time.monotonic),
+                  counters=counters, clock=lambda: now, counted=CountedInstances())
+    check = RatesCheck()
+
+    def send(n: int, recipients: int) -> bool:
+        req = PolicyRequest(request="smtpd_access_policy", protocol_state="DATA", sasl_username="u@cantho.gov.vn",
+                            sender="u@cantho.gov.vn", client_address="192.0.2.50", instance=f"b{n}",
+                            recipient_count=recipients)
+        d = check.run(req, ctx).decision
+        return d is None or not d.blocks
+
+    try:
+        assert send(0, 4)
+        assert not any(send(n, 5) for n in range(1, 6))
+        assert send(6, 1)
+        assert counters.peek("policyd:msgs:u@cantho.gov.vn", [HOUR], now) == (2,)
+        assert counters.peek("policyd:rcpts:u@cantho.gov.vn", [DAY], now) == (5,)
+    finally:
+        counters.close()
+        store.close()

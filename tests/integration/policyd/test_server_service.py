@@ -219,3 +219,47 @@ def test_port_in_use_fails_cleanly(tmp_path: Path) -> None:
         proc = subprocess.run([sys.executable, "-c", "import sys; from directory.cli import main; sys.exit(main())",
                                "policyd", "--config", str(cfg)], cwd=REPO, capture_output=True, timeout=60)
     assert proc.returncode == 1 and b"cannot start" in proc.stderr
+
+
+def test_a_listen_on_all_interfaces_is_refused_without_allow_remote(tmp_path: Path) -> None:
+    """tcp without a loopback interface: exit 1 naming policyd.listen and allow_remote; with it, it listens."""
+    port = free_port()
+    data = site_config(tmp_path / "state", profile="cantho-2025", listen=[f"tcp:{port}"], redis=None)
+    cfg = write_config(tmp_path / "congvu.toml", data)
+    proc = subprocess.run([sys.executable, "-c", "import sys; from directory.cli import main; sys.exit(main())",
+                           "policyd", "--config", str(cfg)], cwd=REPO, capture_output=True, timeout=60)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "policyd.listen" in err and "allow_remote" in err and "all interfaces" in err, err
+    with socket.socket() as s:  # nothing was left listening
+        assert s.connect_ex(("127.0.0.1", port)) != 0
+    data["policyd"]["allow_remote"] = True
+    write_config(cfg, data)
+    running = PolicydProcess(tmp_path / "policyd.log")
+    try:
+        running.start(cfg, [f"tcp:{port}:interface=127.0.0.1"])  # all interfaces include loopback
+    finally:
+        running.stop()
+
+
+def test_every_decision_line_is_written_before_sigterm_ends_the_process(tmp_path: Path) -> None:
+    """The buffered log loses nothing: 300 decisions answered, SIGTERM at once, 300 lines in the log."""
+    ep = f"tcp:{free_port()}:interface=127.0.0.1"
+    cfg = write_config(tmp_path / "congvu.toml", site_config(tmp_path / "state", profile="cantho-2025",
+                                                             listen=[ep], redis=None))
+    proc = PolicydProcess(tmp_path / "policyd.log")
+    proc.start(cfg, [ep])
+    try:
+        n = 300
+        requests = b"".join(BIG_16MB.replace(b"client_address=192.0.2.1", b"client_address=192.0.2.1\n"
+                                             b"queue_id=Q%05d" % i) for i in range(n))
+        with socket.create_connection(("127.0.0.1", int(ep.split(":")[1])), timeout=10) as s:
+            s.sendall(requests)
+            got = b""
+            while got.count(b"\n\n") < n:
+                chunk = s.recv(65536)
+                assert chunk, "connection closed early"
+                got += chunk
+    finally:
+        proc.stop()  # SIGTERM right after the last answer, well within the 50 ms flush interval
+    log = proc.log_text()
+    assert all(f"queue_id=Q{i:05d} " in log for i in range(n)), log[-2000:]

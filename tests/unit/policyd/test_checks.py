@@ -279,3 +279,58 @@ def test_first_pass_answers_cached_requests_without_io(site: Site) -> None:
     assert engine.first_pass(req).action == "DUNNO"  # type: ignore[union-attr]
     pending = engine.first_pass(request(**_message(1, sasl_username="nvminh", sender="nvminh@cantho.gov.vn")))
     assert isinstance(pending, Pending) and pending.checks[0].name == "rates"
+
+
+# --------------------------------------------------------------------------- issue 4 audit
+
+
+def test_a_long_state_reason_is_cut_but_the_article_stays(site: Site) -> None:
+    """A 2,000-character state_reason gives a bounded reply: codes, reason start, rule id and citation kept."""
+    from policyd.protocol import MAX_ACTION, MAX_REASON, format_reply
+    from rules.requirements import citation
+    reason = "Khóa theo yêu cầu của Sở " + "x" * 2000
+    site.add("nvminh", state=AccountState.LOCKED, state_reason=reason)
+    ev = site.engine().evaluate(request(sasl_username="nvminh", sender="nvminh@cantho.gov.vn"))
+    assert ev.action.startswith("550 5.7.1 "), ev.action
+    assert len(ev.action.encode()) <= MAX_ACTION, len(ev.action.encode())
+    assert ev.action.endswith(f"(CT25-6.4a: {citation('CT25-6.4a')})"), ev.action
+    assert "Khóa theo yêu cầu của Sở" in ev.action and "x" * (MAX_REASON + 1) not in ev.action
+    reply = format_reply(ev.action)
+    assert len(reply) <= MAX_ACTION + len(b"action=\n\n") and b"CT25-6.4a" in reply
+
+
+def test_a_long_text_is_cut_in_every_language_before_the_citation() -> None:
+    """bounded_action cuts the free texts (both languages keep a share), never the codes or the citation."""
+    from policyd.protocol import MAX_ACTION, bounded_action, format_reply
+    action = bounded_action("450 4.7.1", ["ngắn", "y" * 5000], "(CT25-3.1: Điều 3 khoản 1)")
+    assert len(action.encode()) <= MAX_ACTION
+    assert action.startswith("450 4.7.1 ngắn / yyy") and action.endswith("... (CT25-3.1: Điều 3 khoản 1)")
+    assert bounded_action("WARN", ["a", "b"], "(X: y)") == "WARN a / b (X: y)"
+    assert len(format_reply("REJECT " + "é" * 3000)) <= MAX_ACTION + len(b"action=\n\n")
+    format_reply("REJECT " + "é" * 3000).decode()  # cut on a character boundary
+
+
+def test_a_message_refused_on_recipients_is_not_counted_on_messages(site: Site) -> None:
+    """All windows or none: retries of a message deferred on recipients/day do not spend messages/hour."""
+    from datetime import timedelta as td
+    site.add("nvminh")
+    engine = site.engine({"policyd": {"messages_per_hour_personal": 3, "recipients_per_day_personal": 10,
+                                      "max_recipients": 0}})
+    base = dict(sasl_username="nvminh", sender="nvminh@cantho.gov.vn")
+    assert engine.evaluate(request(**{**_message(1, **base), "recipient_count": 8})).action == "DUNNO"
+    for n in range(2, 8):  # six retries, each a new SMTP session (a new instance)
+        ev = engine.evaluate(request(**{**_message(n, **base), "recipient_count": 5}))
+        assert ev.action.startswith("450 4.7.1") and "recipients per day" in ev.action, ev.action
+    assert site.counters.peek("policyd:msgs:nvminh@cantho.gov.vn", [td(hours=1)], site.clock.t) == (1,)
+    assert site.counters.peek("policyd:rcpts:nvminh@cantho.gov.vn", [td(days=1)], site.clock.t) == (8,)
+    assert engine.evaluate(request(**{**_message(9, **base), "recipient_count": 2})).action == "DUNNO"
+    assert site.counters.peek("policyd:msgs:nvminh@cantho.gov.vn", [td(hours=1)], site.clock.t) == (2,)
+
+
+def test_per_ip_limit_is_off_by_default(site: Site) -> None:
+    """ip_messages_per_hour defaults to 0: a big provider's relay is never deferred for its volume."""
+    engine = site.engine()
+    assert engine.ctx.cfg.policyd.ip_messages_per_hour == 0
+    for n in range(400):
+        ev = engine.evaluate(request(**_message(n, sender="a@example.com", client_address="203.0.113.25")))
+        assert ev.action == "DUNNO", (n, ev.action)

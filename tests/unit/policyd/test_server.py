@@ -34,7 +34,8 @@ def _connect(svc: PolicyService) -> tuple[PolicyProtocol, StringTransport]:
 
 @pytest.fixture
 def svc(tmp_path: Path) -> Any:
-    s = _service(tmp_path, request_timeout="5s", idle_timeout="60s", max_connections=2)
+    # ip_messages_per_hour is off by default; these tests count unauthenticated mail per client IP.
+    s = _service(tmp_path, request_timeout="5s", idle_timeout="60s", max_connections=2, ip_messages_per_hour=300)
     yield s
     s.engine.ctx.accounts.close()
 
@@ -166,3 +167,41 @@ def test_a_message_counted_once_is_not_counted_again(svc: PolicyService) -> None
     counters.pending.pop()[1]([RateDecision(True, (1,), None)])
     proto.dataReceived(EOM % 3)
     assert not counters.pending and tr.value() == b"action=DUNNO\n\n" * 2
+
+
+def test_remote_listen_endpoints_need_allow_remote(tmp_path: Path) -> None:
+    """A TCP listen on all interfaces or a public address is a config error naming the key; loopback is fine."""
+    from rules.config import ConfigError, check_listen
+
+    def cfg(listen: list[str], **kw: Any) -> Any:
+        return config_from_mapping({"state_dir": str(tmp_path), "policyd": {"listen": listen, **kw}})
+
+    check_listen(cfg(["tcp:10040:interface=127.0.0.1", r"tcp6:10040:interface=\:\:1", "unix:/tmp/p.sock:mode=660"]))
+    for bad in ("tcp:10040", "tcp:10040:interface=0.0.0.0", "tcp:10040:interface=192.0.2.1", "tcp6:10040"):
+        with pytest.raises(ConfigError) as e:  # the loader itself refuses it: `congvu config check` says so
+            cfg(["tcp:10041:interface=127.0.0.1", bad])
+        assert e.value.key == "policyd.listen" and "allow_remote" in e.value.reason and bad in e.value.reason
+    check_listen(cfg(["tcp:10040"], allow_remote=True))
+
+
+def test_log_lines_are_buffered_and_flushed_by_the_reactor_and_at_shutdown() -> None:
+    """Decision lines wait in memory for the 50 ms flush; warnings go out at once; shutdown writes the rest."""
+    import io
+
+    from directory.cmd_serve import BufferedLog
+    out = io.StringIO()
+    clock = MemoryReactorClock()
+    buf = BufferedLog(out)
+    buf.start(clock, 0.05)
+    buf.write("one\n")
+    buf.write("two\n")
+    assert out.getvalue() == ""
+    clock.advance(0.05)
+    assert out.getvalue() == "one\ntwo\n"
+    buf.write("three\n")
+    for fn, args, kw in clock.triggers["after"]["shutdown"]:  # what reactor.stop() runs last
+        fn(*args, **kw)
+    assert out.getvalue() == "one\ntwo\nthree\n"
+    small = BufferedLog(out, max_bytes=10)
+    small.write("x" * 11)
+    assert out.getvalue().endswith("x" * 11)  # a full buffer is written without waiting
