@@ -47,11 +47,9 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -75,7 +73,7 @@ from tests.integration.servers.dovecot import (  # noqa: E402
     generate_launcher,
     shipped,
 )
-from tests.integration.support import free_port  # noqa: E402
+from tests.integration.support import free_port, new_root, unix_accepts  # noqa: E402
 
 VENV_PY = REPO / ".venv" / "bin" / "python3"
 REPLY = "/usr/lib/dovecot/checkpassword-reply"
@@ -130,14 +128,9 @@ web_listen = []
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise SystemExit(f"congvu authd exited: {(self.root / 'authd.log').read_text()[-2000:]}")
-            s = socket.socket(socket.AF_UNIX)
-            try:
-                s.connect(str(self.socket))
+            if unix_accepts(self.socket):
                 return
-            except OSError:
-                time.sleep(0.05)
-            finally:
-                s.close()
+            time.sleep(0.05)
         raise SystemExit("congvu authd did not start")
 
     def stop(self) -> None:
@@ -282,8 +275,7 @@ def conf_policy(site: Site) -> str:
 
 
 def dovecot(conf: str, hook: Path) -> DovecotServer:
-    root = Path(tempfile.mkdtemp(prefix="congvu-authbench-dc-"))
-    root.chmod(0o755)
+    root = new_root("congvu-authbench-dc-")
     server = DovecotServer(root)
     # As in the tests: Dovecot's auth process runs as "dovecot" unless the hook's interpreter lives
     # where that user cannot run it (a pyenv under /root), in which case it runs as root.
@@ -307,8 +299,7 @@ def main() -> int:
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: Dovecot drops privileges to its own users")
-    root = Path(tempfile.mkdtemp(prefix="congvu-authbench-"))
-    root.chmod(0o755)
+    root = new_root("congvu-authbench-")
     hook = Path(args.hook) if args.hook else generate_launcher(root)
     site = Site(root)
     servers: list[DovecotServer] = []

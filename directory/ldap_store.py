@@ -48,8 +48,16 @@ from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn
 from twisted.logger import Logger
 
-from directory.model import Account, AccountExists, AccountNotFound, DirectoryError, DirectoryUnavailable
-from directory.sqlite_store import UPDATABLE, normalise
+from directory.model import (
+    UPDATABLE,
+    Account,
+    AccountExists,
+    AccountNotFound,
+    DirectoryError,
+    DirectoryUnavailable,
+    lookup_key,
+    normalise,
+)
 from rules.config import MAILBOX_TYPES, DirectorySettings
 from rules.lifecycle import AccountState
 from rules.requirements import citation
@@ -124,18 +132,6 @@ def parse_gtime(text: str) -> datetime:
         offset = int(zone[1:3]) * 60 + int(zone[3:5] or 0)
         v -= sign * timedelta(minutes=offset)
     return v
-
-
-def lookup_key(address: str) -> str | None:
-    """The form an address is searched by, or None for text no account can have (NUL, non-UTF-8)."""
-    if not isinstance(address, str) or "\x00" in address:
-        return None
-    key = address.strip().lower()
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError:
-        return None
-    return key or None
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,11 @@ them from a thread pool.  Outages surface as :class:`DirectoryUnavailable` or
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
-from rules.config import MailboxType
+from rules.config import MAILBOX_TYPES, MailboxType
 from rules.lifecycle import AccountState
 
 
@@ -65,6 +65,51 @@ class Account:
     @property
     def address(self) -> str:
         return f"{self.local_part}@{self.domain}"
+
+
+#: Account fields that hold a time (kept in UTC by every store).
+DATE_FIELDS = ("state_changed_at", "created_at", "password_changed_at", "last_login_at")
+#: Fields ``AccountStore.update`` may change; the address itself is the record's identity.
+UPDATABLE = frozenset(f.name for f in fields(Account)) - {"local_part", "domain"}
+
+
+def lookup_key(address: str) -> str | None:
+    """The form an address is searched by, or None for text no account can have (NUL, non-UTF-8)."""
+    if not isinstance(address, str) or "\x00" in address:
+        return None
+    key = address.strip().lower()
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return key or None
+
+
+def _utc(v: datetime | None) -> datetime | None:
+    """``v`` in UTC (a naive datetime is taken as UTC)."""
+    if v is None:
+        return None
+    return (v if v.tzinfo else v.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def normalise(account: Account) -> Account:
+    """The form every store keeps: lower-cased addresses, sorted unique aliases and delegates, UTC times.
+
+    Raises ValueError for a mailbox type or state that does not exist.
+    """
+    if account.mailbox_type not in MAILBOX_TYPES:
+        raise ValueError(f"mailbox type must be one of {', '.join(MAILBOX_TYPES)}, got {account.mailbox_type!r}")
+    own = f"{account.local_part}@{account.domain}".lower()
+    times: dict[str, Any] = {name: _utc(getattr(account, name)) for name in DATE_FIELDS}
+    return replace(
+        account,
+        local_part=account.local_part.lower(), domain=account.domain.lower(),
+        aliases=tuple(sorted({a.lower() for a in account.aliases} - {own})),
+        delegates=tuple(sorted({d.lower() for d in account.delegates})),
+        password_history=tuple(account.password_history),
+        state=AccountState(account.state),
+        **times,
+    )
 
 
 class AccountStore(Protocol):

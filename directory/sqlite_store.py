@@ -19,15 +19,24 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import fields, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from twisted.logger import Logger
 
-from directory.model import Account, AccountExists, AccountNotFound, DirectoryError, DirectoryUnavailable
-from rules.config import MAILBOX_TYPES
+from directory.model import (
+    DATE_FIELDS,
+    UPDATABLE,
+    Account,
+    AccountExists,
+    AccountNotFound,
+    DirectoryError,
+    DirectoryUnavailable,
+    lookup_key,
+    normalise,
+)
 from rules.lifecycle import AccountState
 
 log = Logger()
@@ -89,9 +98,6 @@ _COLUMNS = ("local_part", "domain", "full_name", "display_name", "agency", "unit
             "mailbox_type", "password_hash", "state", "state_reason", "state_by", "state_changed_at",
             "created_at", "password_changed_at", "must_change", "last_login_at", "quota_override")
 _LISTS = ("aliases", "delegates", "password_history")
-_DATES = ("state_changed_at", "created_at", "password_changed_at", "last_login_at")
-#: Fields ``update`` may change; the address itself is the record's identity.
-UPDATABLE = frozenset(f.name for f in fields(Account)) - {"local_part", "domain"}
 if set(_COLUMNS + _LISTS) - {"local_part", "domain"} != UPDATABLE:  # a field added to Account needs a migration
     raise RuntimeError(f"Account fields without a column: {sorted(UPDATABLE - set(_COLUMNS + _LISTS))}")
 
@@ -107,18 +113,6 @@ _SELECT = (
 )
 
 
-def _key(address: str) -> str | None:
-    """The lookup form of an address, or None for text no account can have (NUL, surrogates)."""
-    if not isinstance(address, str) or "\x00" in address:
-        return None
-    key = address.strip().lower()
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError:
-        return None
-    return key or None
-
-
 def _dt_out(v: datetime | None) -> str | None:
     if v is None:
         return None
@@ -129,26 +123,6 @@ def _dt_out(v: datetime | None) -> str | None:
 
 def _dt_in(v: str | None) -> datetime | None:
     return datetime.fromisoformat(v) if v else None
-
-
-def normalise(account: Account) -> Account:
-    """The form every store keeps: lower-cased addresses, sorted unique aliases and delegates, UTC times.
-
-    Raises ValueError for a mailbox type or state that does not exist.
-    """
-    if account.mailbox_type not in MAILBOX_TYPES:
-        raise ValueError(f"mailbox type must be one of {', '.join(MAILBOX_TYPES)}, got {account.mailbox_type!r}")
-    own = f"{account.local_part}@{account.domain}".lower()
-    times: dict[str, Any] = {name: _dt_in(_dt_out(getattr(account, name))) for name in _DATES}
-    return replace(
-        account,
-        local_part=account.local_part.lower(), domain=account.domain.lower(),
-        aliases=tuple(sorted({a.lower() for a in account.aliases} - {own})),
-        delegates=tuple(sorted({d.lower() for d in account.delegates})),
-        password_history=tuple(account.password_history),
-        state=AccountState(account.state),
-        **times,
-    )
 
 
 class SqliteAccountStore:
@@ -244,7 +218,7 @@ class SqliteAccountStore:
         values: dict[str, Any] = dict(zip(_COLUMNS, row[1:1 + len(_COLUMNS)], strict=True))
         lists: dict[str, Any] = {name: tuple(json.loads(v))
                                  for name, v in zip(_LISTS, row[1 + len(_COLUMNS):], strict=True)}
-        for name in _DATES:
+        for name in DATE_FIELDS:
             values[name] = _dt_in(values[name])
         values["state"] = AccountState(values["state"])
         values["must_change"] = bool(values["must_change"])
@@ -257,7 +231,7 @@ class SqliteAccountStore:
         return row
 
     def get(self, address: str) -> Account | None:
-        key = _key(address)
+        key = lookup_key(address)
         if key is None:
             return None
         try:
@@ -344,7 +318,7 @@ class SqliteAccountStore:
         out: builtins.list[Any] = []
         for name in names:
             v = getattr(account, name)
-            if name in _DATES:
+            if name in DATE_FIELDS:
                 v = _dt_out(v)
             elif name == "state":
                 v = AccountState(v).value
@@ -356,7 +330,7 @@ class SqliteAccountStore:
     def add(self, account: Account) -> None:
         account = normalise(account)
         address = account.address
-        if _key(address) != address or any(_key(a) != a for a in account.aliases):
+        if lookup_key(address) != address or any(lookup_key(a) != a for a in account.aliases):
             raise ValueError(f"not a storable address: {address!r}")
 
         def work(db: sqlite3.Connection) -> None:
@@ -376,7 +350,7 @@ class SqliteAccountStore:
         unknown = set(changes) - UPDATABLE
         if unknown:
             raise ValueError(f"cannot change {', '.join(sorted(unknown))}")
-        key = _key(address)
+        key = lookup_key(address)
         if key is None:
             raise AccountNotFound(address)
 
@@ -387,7 +361,7 @@ class SqliteAccountStore:
             account_id = int(row[0])
             new = normalise(replace(self._row_to_account(row), **changes))
             if "aliases" in changes:
-                if any(_key(a) != a for a in new.aliases):
+                if any(lookup_key(a) != a for a in new.aliases):
                     raise ValueError("not a storable alias")
                 clash = self._taken(db, list(new.aliases), account_id)
                 if clash is not None:
@@ -403,7 +377,7 @@ class SqliteAccountStore:
         return result
 
     def delete(self, address: str) -> None:
-        key = _key(address)
+        key = lookup_key(address)
         if key is None:
             raise AccountNotFound(address)
 

@@ -26,7 +26,7 @@ from typing import Any, TextIO
 from ldap3.utils.dn import escape_rdn
 
 from directory.ldap_store import gtime, hash_from_ldap, hash_to_ldap, parse_gtime
-from directory.model import Account
+from directory.model import DATE_FIELDS, Account
 from rules.config import MAILBOX_TYPES
 from rules.lifecycle import AccountState
 from rules.units import parse_size
@@ -34,7 +34,6 @@ from rules.units import parse_size
 FORMATS = ("csv", "ldif")
 FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Account))
 _LISTS = {"aliases", "delegates", "password_history"}
-_DATES = {"state_changed_at", "created_at", "password_changed_at", "last_login_at"}
 
 
 class TransferError(Exception):
@@ -63,7 +62,7 @@ def _to_text(name: str, value: Any) -> str:
             if not item or any(c.isspace() for c in item):
                 raise TransferError(f"{name}: item {item!r} cannot be exported (empty or has spaces)")
         return " ".join(value)
-    if name in _DATES:
+    if name in DATE_FIELDS:
         v: datetime = value if value.tzinfo else value.replace(tzinfo=UTC)
         return v.astimezone(UTC).isoformat()
     if name == "state":
@@ -76,7 +75,7 @@ def _to_text(name: str, value: Any) -> str:
 def _from_text(name: str, text: str) -> Any:
     if name in _LISTS:
         return tuple(text.split())
-    if name in _DATES:
+    if name in DATE_FIELDS:
         if not text:
             return None
         v = datetime.fromisoformat(text)
@@ -189,7 +188,7 @@ def write_ldif(accounts: Iterable[Account], out: TextIO, base_dn: str) -> int:
             if field_name in _LISTS:
                 _to_text(field_name, value)  # refuses items with spaces, as CSV does
                 lines += [_ldif_line(attr, item) for item in value]
-            elif field_name in _DATES:
+            elif field_name in DATE_FIELDS:
                 if value is not None:
                     lines.append(_ldif_line(attr, gtime(value)))
             elif field_name == "must_change":
@@ -267,7 +266,7 @@ def read_ldif(text: str) -> list[Account]:
                 lists.setdefault(name, []).append(value)
             elif name in values:
                 raise TransferError(f"{where}: {attr} given twice")
-            elif name in _DATES:
+            elif name in DATE_FIELDS:
                 try:
                     values[name] = parse_gtime(value).isoformat()
                 except ValueError as e:

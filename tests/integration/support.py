@@ -1,9 +1,13 @@
-"""Helpers the server fixtures share: free loopback ports, binaries, waiting for a port."""
+"""Helpers the server fixtures share: free loopback ports, binaries, waiting for a port, stopping a process."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,3 +43,41 @@ def wait_port(host: str, port: int, timeout: float = 15.0) -> None:
         except OSError:
             time.sleep(0.05)
     pytest.fail(f"nothing listening on {host}:{port} after {timeout}s", pytrace=False)
+
+
+def unix_accepts(path: Path) -> bool:
+    """One attempt: does something accept on the Unix stream socket ``path`` right now?"""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+    """Send ``sig`` to a still-running process and reap it; SIGKILL if it outlives ``timeout`` seconds."""
+    if proc.poll() is None:
+        os.kill(proc.pid, sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def read_log(path: Path) -> str:
+    """A process's log file, or "" if there is none (yet)."""
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def new_root(prefix: str) -> Path:
+    """A world-traversable temp dir (Dovecot's and Postfix's processes run as other users, not root)."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    root.chmod(0o755)
+    return root

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,7 +16,7 @@ from directory.accounts import hasher_for, open_store
 from directory.model import Account
 from rules.config import Config, load_config
 from rules.lifecycle import AccountState
-from tests.integration.support import free_port
+from tests.integration.support import free_port, new_root, read_log, stop_process, unix_accepts
 
 REPO = Path(__file__).resolve().parents[3]
 CONGVU = REPO / ".venv" / "bin" / "congvu"
@@ -88,38 +85,24 @@ web_listen = []  # the page is tested by test_authd_web.py & co; never the share
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 pytest.fail(f"congvu authd exited {self.proc.returncode}:\n{self.log_tail()}", pytrace=False)
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                s.connect(str(self.socket))
+            if unix_accepts(self.socket):
                 return
-            except OSError:
-                time.sleep(0.05)
-            finally:
-                s.close()
+            time.sleep(0.05)
         pytest.fail(f"congvu authd did not listen on {self.socket}:\n{self.log_tail()}", pytrace=False)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
         self.proc = None
 
     def log_tail(self, chars: int = 4000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
+        return read_log(self.log)[-chars:]
 
 
 @pytest.fixture(scope="module")
 def authd() -> Iterator[Authd]:
     """A running auth service (module-wide); each test seeds its own accounts."""
-    root = Path(tempfile.mkdtemp(prefix="congvu-authd-"))
-    root.chmod(0o755)
+    root = new_root("congvu-authd-")
     server = Authd(root)
     try:
         server.start()

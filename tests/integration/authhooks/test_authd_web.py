@@ -14,7 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.authhooks.webproc import CONGVU, ISSUED, STRONG, Browser, WebSite, new_root, post
+from tests.integration.authhooks.webproc import CONGVU, ISSUED, STRONG, Browser, WebSite, post
+from tests.integration.support import new_root
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.authhooks.webproc import ISSUED, STRONG, WebSite, new_root
-from tests.integration.support import need
+from tests.integration.authhooks.webproc import ISSUED, STRONG, WebSite
+from tests.integration.support import need, new_root
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",

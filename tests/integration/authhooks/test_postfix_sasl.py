@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import shutil
 import smtplib
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 from tests.integration.authhooks.conftest import GOOD, Authd
 from tests.integration.servers.dovecot import DovecotServer, shipped
 from tests.integration.servers.postfix import PostfixServer
-from tests.integration.support import need
+from tests.integration.support import need, new_root
 
 
 class SaslPostfix(PostfixServer):
@@ -41,8 +40,7 @@ def dovecot(authd: Authd, dovecot_factory: Callable[[str], DovecotServer]) -> Do
 
 @pytest.fixture(scope="module")
 def postfix(dovecot: DovecotServer) -> Iterator[SaslPostfix]:
-    root = Path(tempfile.mkdtemp(prefix="congvu-postfix-sasl-"))
-    root.chmod(0o755)
+    root = new_root("congvu-postfix-sasl-")
     server = SaslPostfix(root, dovecot.auth_port, postfix=need("postfix", "postfix"),
                          postconf=need("postconf", "postfix"))
     try:

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 import pytest
 
 from rules.lifecycle import AccountState
-from tests.integration.authhooks.webproc import ISSUED, STRONG, STRONG2, Browser, WebSite, new_root, post
+from tests.integration.authhooks.webproc import ISSUED, STRONG, STRONG2, Browser, WebSite, post
+from tests.integration.support import new_root
 
 
 @pytest.fixture(scope="module")

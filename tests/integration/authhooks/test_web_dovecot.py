@@ -15,8 +15,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.integration.authhooks.webproc import ISSUED, STRONG, WebSite, new_root, post
+from tests.integration.authhooks.webproc import ISSUED, STRONG, WebSite, post
 from tests.integration.servers.dovecot import DovecotServer, shipped
+from tests.integration.support import new_root
 
 
 def _site(dovecot_factory: Callable[[str], DovecotServer], *, page_inside: bool) -> Iterator[

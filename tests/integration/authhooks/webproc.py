@@ -18,11 +18,8 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -37,7 +34,7 @@ from directory.accounts import hasher_for, open_store
 from directory.model import Account
 from rules.config import load_config
 from rules.lifecycle import AccountState
-from tests.integration.support import free_port
+from tests.integration.support import free_port, read_log, stop_process, unix_accepts
 
 REPO = Path(__file__).resolve().parents[3]
 DOMAIN = "cantho.gov.vn"
@@ -150,26 +147,15 @@ home = "{self.mail}/{{domain}}/{{local_part}}"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._check_alive()
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                s.connect(str(self.socket))
+            if unix_accepts(self.socket):
                 return
-            except OSError:
-                time.sleep(0.05)
-            finally:
-                s.close()
+            time.sleep(0.05)
         pytest.fail(f"congvu authd did not listen on {self.socket}:\n{self.log_tail()}", pytrace=False)
 
     def stop(self) -> None:
         procs, self.procs = self.procs, []
         for p in procs:
-            if p.poll() is None:
-                os.kill(p.pid, signal.SIGTERM)
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            stop_process(p)
 
     def close(self) -> None:
         """Stop the processes and remove the site's temp dir (its log is gone with it)."""
@@ -178,20 +164,12 @@ home = "{self.mail}/{{domain}}/{{local_part}}"
         shutil.rmtree(self.root, ignore_errors=True)
 
     def log_text(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")
-        except OSError:
-            return ""
+        return read_log(self.log)
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log_text()[-chars:]
 
 
-def new_root(prefix: str) -> Path:
-    """A world-traversable temp dir (Dovecot's processes run as dovecot and nobody)."""
-    root = Path(tempfile.mkdtemp(prefix=prefix))
-    root.chmod(0o755)
-    return root
 
 
 # --------------------------------------------------------------------------- HTTP clients

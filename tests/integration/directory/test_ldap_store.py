@@ -12,8 +12,7 @@ import pytest
 from twisted.logger import ILogObserver, globalLogPublisher
 
 from directory.ldap_store import FIELD_ATTRIBUTES, LdapAccountStore, hash_from_ldap, hash_to_ldap
-from directory.model import Account, AccountExists, AccountNotFound, DirectoryError, DirectoryUnavailable
-from directory.sqlite_store import normalise
+from directory.model import Account, AccountExists, AccountNotFound, DirectoryError, DirectoryUnavailable, normalise
 from rules.lifecycle import AccountState
 from tests.integration.directory.ldap_helpers import DOMAIN, account, entry, ldap_accounts, make_store, wipe
 from tests.integration.servers.slapd import SlapdServer

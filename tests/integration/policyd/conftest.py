@@ -25,6 +25,7 @@ from directory.cli import main as congvu_main
 from directory.output import Output
 from tests.integration.servers.postfix import PostfixServer
 from tests.integration.servers.redis import RedisServer
+from tests.integration.support import read_log, stop_process
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -157,13 +158,7 @@ class PolicydProcess:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            os.kill(proc.pid, sig)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, sig)
 
     def reload(self) -> None:
         """SIGHUP: policyd rereads its config file."""
@@ -171,10 +166,7 @@ class PolicydProcess:
         os.kill(self._proc.pid, signal.SIGHUP)
 
     def log_text(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")
-        except OSError:
-            return ""
+        return read_log(self.log)
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log_text()[-chars:]

@@ -24,14 +24,13 @@ import shutil
 import signal
 import smtplib
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.support import free_port, need, wait_port
+from tests.integration.support import free_port, need, new_root, wait_port
 
 REPO = Path(__file__).resolve().parents[3]
 POSTFIX_CONF = REPO / "conf" / "postfix"
@@ -294,8 +293,7 @@ def postfix_server() -> Iterator[PostfixServer]:
     postfix = need("postfix", "postfix")
     postconf = need("postconf", "postfix")
     swaks = need("swaks", "swaks")
-    root = Path(tempfile.mkdtemp(prefix="congvu-postfix-"))
-    root.chmod(0o755)
+    root = new_root("congvu-postfix-")
     server = PostfixServer(root, postfix=postfix, postconf=postconf, swaks=swaks)
     try:
         server.build()

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.support import free_port, need
+from tests.integration.support import free_port, need, stop_process
 
 REPO = Path(__file__).resolve().parents[3]
 LDAP_CONF = REPO / "conf" / "ldap"
@@ -222,12 +222,7 @@ class SlapdServer:
             return
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGCONT)  # in case it was paused
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
 
     def pause(self) -> None:
         """Freeze slapd (SIGSTOP): connections stay open but nothing answers."""

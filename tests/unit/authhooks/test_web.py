@@ -50,6 +50,11 @@ class Site:
     hasher: Hasher
     now: list[datetime] = field(default_factory=lambda: [T0])
 
+    def close(self) -> None:
+        """Close both stores the service opened."""
+        self.service.accounts.close()
+        self.service.counters.close()
+
     def add(self, local: str, password: str = OLD, *, must_change: bool = True,
             state: AccountState = AccountState.ACTIVE, history: tuple[str, ...] = ()) -> str:
         acc = Account(local_part=local, domain="cantho.gov.vn", full_name="Nguyễn Văn Minh", mailbox_type="personal",
@@ -98,8 +103,7 @@ def make_site(tmp_path: Path, **authhooks: Any) -> Site:
 def site(tmp_path: Path) -> Iterator[Site]:
     s = make_site(tmp_path)
     yield s
-    s.service.accounts.close()
-    s.service.counters.close()
+    s.close()
 
 
 def body(r: WebResponse) -> dict[str, Any]:

@@ -31,8 +31,7 @@ def run_now(fn: Any, *args: Any) -> defer.Deferred[WebResponse]:
 def web(tmp_path: Path) -> Iterator[WebSite]:
     s = make_site(tmp_path)
     yield s
-    s.service.accounts.close()
-    s.service.counters.close()
+    s.close()
 
 
 def http(web: WebSite, method: bytes, uri: bytes, body: bytes = b"", headers: dict[bytes, bytes] | None = None,
