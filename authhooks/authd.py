@@ -29,12 +29,12 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
 from authhooks import wire
-from authhooks.endpoints import ListenFailed, failure_message, listen
 from authhooks.policy_server import PolicyResource
 from authhooks.service import AuthService, answer, load_secret
 from authhooks.web import PasswordWebService, start_web
 from directory.accounts import hasher_for, open_store
 from directory.counters import LoginStampFlusher, open_counters
+from directory.endpoints import ListenFailed, failure_message, listen, unix_accepts
 from rules.config import Config
 
 log = Logger(namespace="congvu.authd")
@@ -151,13 +151,13 @@ class Authd:
         try:
             path = socket_path(self.cfg)
             path.parent.mkdir(parents=True, exist_ok=True)
-            if (path.is_socket() or path.exists()) and not _answers(path):
+            if (path.is_socket() or path.exists()) and not unix_accepts(path):
                 path.unlink()  # left by a process that died: nobody answers on it any more
             try:
                 port = self.reactor.listenUNIX(str(path), AuthdFactory(self.service, self.reactor, self.pool),
                                                mode=0o660)
             except CannotListenError as e:
-                raise ListenFailed(failure_message("auth socket", f"unix:{path}", "socket", e)) from None
+                raise ListenFailed(failure_message("auth socket", f"unix:{path}", "authhooks.socket", e)) from None
             self.ports.append(port)
             os.chmod(path, 0o660)
             if self.cfg.authhooks.socket_group:
@@ -167,7 +167,7 @@ class Authd:
                 site = Site(PolicyResource(self.service, self.reactor, self.pool))  # type: ignore[no-untyped-call]
                 site.noisy = False
                 self.ports.append((yield listen(self.reactor, endpoint, site, what="auth policy server",
-                                                setting="policy_listen")))
+                                                setting="authhooks.policy_listen")))
                 self.listening.append(f"{endpoint} (Dovecot auth policy server)")
             # The page shares this service and pool: a change here decides the very next login.
             self.web = yield start_web(self.cfg, self.reactor, self.service, self.pool)
@@ -211,17 +211,3 @@ def start(cfg: Config, reactor: Any, service: AuthService | None = None) -> defe
     daemon = Authd(cfg, service or build_service(cfg), reactor)
     d: defer.Deferred[Authd] = daemon.start()
     return d
-
-
-def _answers(path: Path) -> bool:
-    import socket
-
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(0.5)
-    try:
-        s.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()

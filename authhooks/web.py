@@ -61,8 +61,8 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from authhooks.endpoints import listen
 from authhooks.service import AuthService, ChangeResult, LoginResult, LoginStatus, load_secret
+from directory.endpoints import listen
 from directory.model import StateUnavailable
 from rules.config import Config
 from rules.decision import Decision, Verdict
@@ -792,7 +792,7 @@ class PasswordWebService:
                 site.noisy = False
                 site.displayTracebacks = False
                 self.ports.append((yield listen(self.reactor, endpoint, site, what="password page",
-                                                setting="web_listen")))
+                                                setting="authhooks.web_listen")))
                 self.listening.append(f"{endpoint} (password page, POST /api/password)")
         except Exception:
             yield self.stop()

@@ -60,6 +60,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from directory.accounts import hasher_for, open_store  # noqa: E402
+from directory.endpoints import unix_accepts  # noqa: E402
 from directory.model import Account  # noqa: E402
 from rules.config import load_config  # noqa: E402
 from tests.integration.servers.dovecot import (  # noqa: E402
@@ -73,7 +74,7 @@ from tests.integration.servers.dovecot import (  # noqa: E402
     generate_launcher,
     shipped,
 )
-from tests.integration.support import free_port, new_root, unix_accepts  # noqa: E402
+from tests.integration.support import free_port, new_root  # noqa: E402
 
 VENV_PY = REPO / ".venv" / "bin" / "python3"
 REPLY = "/usr/lib/dovecot/checkpassword-reply"

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IAddress, IListeningPort
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
@@ -33,6 +32,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from directory.endpoints import listen
 from directory.model import AccountStore, CounterStore, DirectoryUnavailable, RateDecision, StateUnavailable
 from policyd.checks.base import Context, CountedInstances, Result
 from policyd.checks.rates import RatesCheck
@@ -404,11 +404,11 @@ class PolicyService:
         p = self.cfg.policyd
         try:
             for endpoint in p.listen:
-                port = yield self._listen(endpoint, PolicyFactory(self))
+                port = yield self._listen(endpoint, PolicyFactory(self), "policy server", "policyd.listen")
                 self.listening.append(f"{endpoint} ({describe(port.getHost())})")
             for endpoint in p.stats_listen:
                 site: Any = _QuietSite(_Metrics(self))  # type: ignore[no-untyped-call]
-                port = yield self._listen(endpoint, site)
+                port = yield self._listen(endpoint, site, "policy stats", "policyd.stats_listen")
                 self.listening.append(f"{endpoint} ({describe(port.getHost())}, /metrics)")
         except Exception:
             yield self.stop()
@@ -419,11 +419,11 @@ class PolicyService:
         return self
 
     @defer.inlineCallbacks
-    def _listen(self, endpoint: str, factory: Factory) -> Any:
+    def _listen(self, endpoint: str, factory: Factory, what: str, setting: str) -> Any:
         path = _unix_path(endpoint)
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        port = yield serverFromString(self.reactor, endpoint).listen(factory)  # type: ignore[no-untyped-call]
+        port = yield listen(self.reactor, endpoint, factory, what=what, setting=setting)
         self.ports.append(port)
         return port
 

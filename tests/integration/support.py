@@ -45,18 +45,6 @@ def wait_port(host: str, port: int, timeout: float = 15.0) -> None:
     pytest.fail(f"nothing listening on {host}:{port} after {timeout}s", pytrace=False)
 
 
-def unix_accepts(path: Path) -> bool:
-    """One attempt: does something accept on the Unix stream socket ``path`` right now?"""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
 def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 10) -> None:
     """Send ``sig`` to a still-running process and reap it; SIGKILL if it outlives ``timeout`` seconds."""
     if proc.poll() is None:

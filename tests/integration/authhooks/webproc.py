@@ -31,10 +31,11 @@ from typing import Any
 import pytest
 
 from directory.accounts import hasher_for, open_store
+from directory.endpoints import unix_accepts
 from directory.model import Account
 from rules.config import load_config
 from rules.lifecycle import AccountState
-from tests.integration.support import free_port, read_log, stop_process, unix_accepts
+from tests.integration.support import free_port, read_log, stop_process
 
 REPO = Path(__file__).resolve().parents[3]
 DOMAIN = "cantho.gov.vn"

@@ -209,7 +209,7 @@ def test_a_config_error_stops_startup_with_one_sentence(tmp_path: Path) -> None:
 
 
 def test_port_in_use_fails_cleanly(tmp_path: Path) -> None:
-    """A listen endpoint already taken: exit 1 with the reason."""
+    """A listen endpoint already taken: exit 1 with one line naming the endpoint, the setting and the reason."""
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -219,6 +219,8 @@ def test_port_in_use_fails_cleanly(tmp_path: Path) -> None:
         proc = subprocess.run([sys.executable, "-c", "import sys; from directory.cli import main; sys.exit(main())",
                                "policyd", "--config", str(cfg)], cwd=REPO, capture_output=True, timeout=60)
     assert proc.returncode == 1 and b"cannot start" in proc.stderr
+    line = f"policy server: cannot listen on tcp:{port}:interface=127.0.0.1 ([policyd] listen): address already in use"
+    assert line.encode() in proc.stderr and b"Traceback" not in proc.stderr
 
 
 def test_a_listen_on_all_interfaces_is_refused_without_allow_remote(tmp_path: Path) -> None:

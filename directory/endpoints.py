@@ -1,14 +1,17 @@
 """Listening on the configured endpoints, with a one-line error the operator can act on.
 
-``[authhooks] web_listen`` defaults to ``tcp:8080:interface=127.0.0.1``, a port many
-other programs like (development servers, proxies, Jenkins).  When it, a policy
-endpoint or the unix socket is taken, ``congvu authd`` / ``congvu serve`` must say which
-setting names which endpoint, in one line, instead of a Twisted traceback.
+Every long-running service (policyd, authd, the password page) listens on endpoint
+strings from the config; ``[authhooks] web_listen`` defaults to a port many other
+programs like (8080).  When an endpoint is taken, ``congvu serve`` must say which setting
+names which endpoint, in one line, instead of a Twisted traceback.  ``setting`` is the
+dotted config key (``policyd.listen``), shown as ``[policyd] listen``.
 """
 
 from __future__ import annotations
 
 import errno
+import socket
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
@@ -25,7 +28,7 @@ def reason(err: BaseException, setting: str) -> str:
     sock_err: Any = getattr(err, "socketError", None) or err
     code = getattr(sock_err, "errno", None)
     if code == errno.EADDRINUSE:
-        return (f"address already in use (another program listens there: stop it, or set [authhooks] {setting} "
+        return (f"address already in use (another program listens there: stop it, or set {_key(setting)} "
                 "to a free endpoint)")
     if code == errno.EACCES:
         return "permission denied (a port below 1024 needs root; a unix socket needs a writable directory)"
@@ -35,8 +38,13 @@ def reason(err: BaseException, setting: str) -> str:
     return str(text).strip().rstrip(".")
 
 
+def _key(setting: str) -> str:
+    section, _, key = setting.partition(".")
+    return f"[{section}] {key}"
+
+
 def failure_message(what: str, endpoint: str, setting: str, err: BaseException) -> str:
-    return f"{what}: cannot listen on {endpoint} ([authhooks] {setting}): {reason(err, setting)}"
+    return f"{what}: cannot listen on {endpoint} ({_key(setting)}): {reason(err, setting)}"
 
 
 @defer.inlineCallbacks
@@ -45,9 +53,25 @@ def listen(reactor: Any, endpoint: str, factory: Any, *, what: str, setting: str
     try:
         ep = serverFromString(reactor, endpoint)  # type: ignore[no-untyped-call]
     except (ValueError, KeyError, TypeError) as e:
-        raise ListenFailed(f"{what}: bad endpoint {endpoint!r} ([authhooks] {setting}): {e}") from None
+        raise ListenFailed(f"{what}: bad endpoint {endpoint!r} ({_key(setting)}): {e}") from None
     try:
         port = yield ep.listen(factory)
     except CannotListenError as e:
         raise ListenFailed(failure_message(what, endpoint, setting, e)) from None
     return port
+
+
+def unix_accepts(path: Path, timeout: float = 0.5) -> bool:
+    """One attempt: does something accept on the unix stream socket ``path`` right now?
+
+    Tells a live service's socket from one left by a process that died.
+    """
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
