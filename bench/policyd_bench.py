@@ -34,6 +34,7 @@ import random
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -108,6 +109,36 @@ class Result:
     p50_ms: float
     p99_ms: float
     actions: dict[str, int]
+    round: int = 1
+
+
+def summary(results: list[Result], conn_counts: list[int], rounds: int) -> list[str]:
+    """Ratios per round (servers measured back to back), then their median over the rounds.
+
+    The machine is shared: a server's absolute rate moves by ±30 % between runs, but two
+    servers measured seconds apart see the same weather, so only same-round ratios are compared.
+    """
+    by = {(r.server, r.connections, r.round): r for r in results}
+    out = []
+    for conns in conn_counts:
+        cv = [by[("congvu", conns, n)] for n in range(1, rounds + 1) if ("congvu", conns, n) in by]
+        if not cv:
+            continue
+        parts = [f"conns={conns}"]
+        for other, label, target in (("postfwd2", "congvu/postfwd2", "target >= 10x"),
+                                     ("bare", "congvu/bare", "target >= 60%")):
+            ratios = [c.rps / by[(other, conns, c.round)].rps for c in cv if (other, conns, c.round) in by]
+            if not ratios:
+                continue
+            shown = ", ".join(f"{x:.1f}x" if other == "postfwd2" else f"{100 * x:.0f}%" for x in ratios)
+            med = statistics.median(ratios)
+            medtxt = f"{med:.1f}x" if other == "postfwd2" else f"{100 * med:.0f}%"
+            parts.append(f"{label} = {medtxt} median of [{shown}] ({target})")
+        p99 = statistics.median(c.p99_ms for c in cv)
+        parts.append(f"congvu p99 = {p99:.2f} ms median of [{', '.join(f'{c.p99_ms:.2f}' for c in cv)}]"
+                     + (" (target < 5 ms)" if conns == 16 else ""))
+        out.append("  ".join(parts))
+    return out
 
 
 class _Client(asyncio.Protocol):
@@ -228,8 +259,20 @@ def pwd_group(gid: int) -> str:
     return grp.getgrgid(gid).gr_name
 
 
-def bare_responder(port: int) -> None:
-    """The framework ceiling: Twisted, one reactor, ``action=DUNNO`` for every request, no logic."""
+def bare_responder(port: int, workers: int = 1) -> None:
+    """The framework ceiling: Twisted, ``action=DUNNO`` for every request, no logic.
+
+    With ``workers`` > 1, that many processes share one listening socket, as congvu policyd's
+    ``[policyd] workers`` do, so a multi-process congvu is compared with a multi-process ceiling.
+    """
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    for _ in range(workers - 1):
+        if os.fork() == 0:
+            break  # a child: serve below (the reactor is imported after the fork)
     from twisted.internet import reactor as _reactor
     from twisted.internet.protocol import Factory, Protocol
 
@@ -246,7 +289,7 @@ def bare_responder(port: int) -> None:
                 transport: Any = self.transport
                 transport.write(b"action=DUNNO\n\n" * n)
 
-    reactor.listenTCP(port, Factory.forProtocol(Bare), interface="127.0.0.1")
+    reactor.adoptStreamPort(sock.fileno(), socket.AF_INET, Factory.forProtocol(Bare))
     reactor.run()
 
 
@@ -339,8 +382,10 @@ class Servers:
 
     def start_bare(self) -> int:
         port = free_port()
-        self.procs.append(subprocess.Popen([sys.executable, __file__, "--bare-responder", str(port)],
-                                           cwd=REPO, stdin=subprocess.DEVNULL))
+        workers = int({**BENCH_POLICYD, **self.policyd_options}.get("workers", 1))  # as many as congvu has
+        self.procs.append(subprocess.Popen([sys.executable, __file__, "--bare-responder", str(port),
+                                            "--bare-workers", str(workers)],
+                                           cwd=REPO, stdin=subprocess.DEVNULL, start_new_session=True))
         return port
 
     def stop(self) -> None:
@@ -348,7 +393,7 @@ class Servers:
         if congvu is not None:
             congvu.stop()
         for p in self.procs:
-            p.terminate()
+            os.killpg(p.pid, signal.SIGTERM)  # the bare responder and its forked workers
             p.wait(10)
         if self.postfwd_pid is not None and self.postfwd_pid.exists():
             pid = int(self.postfwd_pid.read_text().split()[0])
@@ -369,15 +414,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--servers", default="bare,congvu,postfwd2", help="which servers, in this order")
     ap.add_argument("--users", type=int, default=500, help="distinct senders (default 500)")
     ap.add_argument("--duration", type=float, default=5.0, help="measured seconds per run (default 5)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="measure every server this many times, alternating (default 3); ratios are per round")
     ap.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each run (default 1)")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--policyd-option", action="append", default=[], metavar="KEY=TOML",
                     help='extra [policyd] setting for congvu, e.g. threads=2 or log_decisions="blocks" (repeatable)')
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
     ap.add_argument("--bare-responder", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    ap.add_argument("--bare-workers", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.bare_responder:
-        bare_responder(args.bare_responder)
+        bare_responder(args.bare_responder, args.bare_workers)
         return 0
 
     conn_counts = [int(x) for x in args.connections.split(",")]
@@ -396,14 +444,18 @@ def main(argv: list[str] | None = None) -> int:
             ports[name] = starters[name]()
             wait_answering(ports[name])
         for conns in conn_counts:
-            for name in names:
-                servers.flush_counters()
-                r = run_load(name, "127.0.0.1", ports[name], conns, args.warmup, args.duration, senders)
-                results.append(r)
-                print(f"{name:9s} conns={conns:3d}  {r.rps:9.1f} req/s  p50={r.p50_ms:7.3f} ms  "
-                      f"p99={r.p99_ms:7.3f} ms  n={r.requests}  {r.actions}", flush=True)
-                if name == "congvu":
-                    print(f"          redis during the run: {servers.redis_stats()}", flush=True)
+            for rnd in range(1, args.rounds + 1):  # servers alternate, so a busy spell hits each alike
+                for name in names:
+                    servers.flush_counters()
+                    # A new seed each round: new message instances, or policyd would find them counted already.
+                    r = run_load(name, "127.0.0.1", ports[name], conns, args.warmup, args.duration, senders,
+                                 seed=conns * 1000 + rnd)
+                    r.round = rnd
+                    results.append(r)
+                    print(f"{name:9s} conns={conns:3d} round {rnd}  {r.rps:9.1f} req/s  p50={r.p50_ms:7.3f} ms  "
+                          f"p99={r.p99_ms:7.3f} ms  n={r.requests}  {r.actions}", flush=True)
+                    if name == "congvu":
+                        print(f"          redis during the run: {servers.redis_stats()}", flush=True)
     finally:
         servers.stop()
         if args.keep:
@@ -414,19 +466,9 @@ def main(argv: list[str] | None = None) -> int:
                 if not root.exists():
                     break
                 time.sleep(0.25)
-    by = {(r.server, r.connections): r for r in results}
     print()
-    for conns in conn_counts:
-        cv, pf, bare = by.get(("congvu", conns)), by.get(("postfwd2", conns)), by.get(("bare", conns))
-        if cv is None:
-            continue
-        parts = [f"conns={conns}"]
-        if pf is not None:
-            parts.append(f"congvu/postfwd2 = {cv.rps / pf.rps:.1f}x (target >= 10x)")
-        if bare is not None:
-            parts.append(f"congvu/bare = {100 * cv.rps / bare.rps:.0f}% (target >= 60%)")
-        parts.append(f"congvu p99 = {cv.p99_ms:.2f} ms" + (" (target < 5 ms)" if conns == 16 else ""))
-        print("  ".join(parts))
+    for line in summary(results, conn_counts, args.rounds):
+        print(line)
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n", encoding="utf-8")
     return 0

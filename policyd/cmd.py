@@ -22,6 +22,9 @@ from directory.output import Output
 def register(sub: Any) -> None:
     p = sub.add_parser("policyd", help="the Postfix policy server (runs in the foreground without a subcommand)")
     add_config_args(p)
+    # A worker process the master starts itself ([policyd] workers, policyd/workers.py): not for operators.
+    p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--worker-fds", help=argparse.SUPPRESS)
     p.set_defaults(func=_run)
     psub = p.add_subparsers(dest="policyd_command")
     stats = psub.add_parser("stats", help="decision counters of the running server")
@@ -36,6 +39,9 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace, out: Output) -> int:
+    if getattr(args, "worker", None) is not None:
+        from policyd.workers import run_worker
+        return run_worker(args, out)
     from directory.cmd_serve import run_services
     return run_services(["policyd"], args, out)
 

@@ -2,28 +2,32 @@
 
 redis-py is blocking, so every counted message would cost a hop to the thread pool and,
 worse, a fight for the GIL between that thread and the reactor; measured, that made the
-END-OF-MESSAGE path several times slower than the rest.  This client sends the very
-script of :mod:`directory.counters_redis` (``COUNTER_LUA``, same keys and arguments, so
-both clients share the counters) from the reactor, pipelined on one connection.
+END-OF-MESSAGE path several times slower than the rest.  This client runs the counter
+arithmetic of :mod:`directory.counters_redis` (``COUNTER_LIB``: same keys, same stored
+layout, same answers, so both clients share the counters) from the reactor, pipelined on
+one connection.
 
 The rate check's messages go out in batches (:meth:`NativeCounters.count`): every message
-counted during one reactor tick, all its windows, in ONE script call (``MULTI_LUA`` runs
-``COUNTER_LUA`` per key, checking every window of a message before counting any, so a
-refused message counts nowhere, as the check's own flow does), written straight to the
-socket (:mod:`policyd.sendnow`).  The
-answers come back through plain callbacks rather than Deferred chains, and one timer per
-connection watches the oldest call rather than one timer per call.  Measured with
-bench/policyd_bench.py (16 connections, 2026-11-22): batches of ~5 messages, and the
-rate check adds ~17 µs of policyd CPU per request (142 vs 125 µs with it disabled).
+counted during one reactor tick, all its windows, in ONE script call (``MULTI_LUA``: each key
+read once, every window of a message checked before any is counted, so a refused message
+counts nowhere, as the check's own flow does), written straight to the socket
+(:mod:`policyd.sendnow`).  The plan goes as one binary argument and the answers come back as
+one short string; plain callbacks rather than Deferred chains, and one timer per connection
+watches the oldest call rather than one timer per call.  Measured (issue 4, 2026-11-23, A/B
+on the same shared machine): the batch script costs Redis ~30 µs per message instead of
+~50 µs (bench/policyd_bench.py, 16 connections, ~5.5 messages a batch), and building a batch
+and reading its answer ~2.4× and ~5× less policyd CPU than the per-key text protocol before.
 
-Besides ``count``, only ``hit_if_below`` and ``peek`` (Deferreds, one key per call).  Sentinel
-and TLS URLs are left to redis-py in a thread (``NativeCounters.supported``).  Errors and
+Besides ``count``, only ``hit_if_below`` and ``peek`` (Deferreds, one key per call, ``COUNTER_LUA``).
+Sentinel and TLS URLs are left to redis-py in a thread (``NativeCounters.supported``).  Errors and
 timeouts (``[state] timeout``) become :class:`StateUnavailable`, like the blocking store.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+import struct
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -46,7 +50,7 @@ from directory.counters import (
     read_password_file,
     specs,
 )
-from directory.counters_redis import COUNTER_LUA
+from directory.counters_redis import COUNTER_LIB, COUNTER_LUA
 from directory.model import RateDecision, StateUnavailable
 from policyd.checks.rates import Call
 from policyd.sendnow import Sender
@@ -56,68 +60,83 @@ log = Logger(namespace="congvu.policyd.redis")
 
 _SHA = hashlib.sha1(COUNTER_LUA.encode()).hexdigest()
 
-#: ``COUNTER_LUA`` (the very script redis-py runs: same keys, same answers) for a batch of
-#: messages, in mode ``check``.  ARGV: the bucket count, the number of messages; per message,
-#: its number of keys; per key: now (ms), amount, window (ms), limit, bucket field.
-#: All-or-nothing per message: keys 2..n are first checked with writes disabled (``COUNTER_LUA``
-#: runs against a read-only ``redis`` that passes HGETALL and drops the writes); if one is
-#: full, the message is refused and NOTHING is counted, so a deferred message and its retries
-#: do not burn the other windows' budget.  Otherwise key 1 is checked for real (a refusal
-#: writes nothing) and, if it passes, keys 2..n are counted (the script is atomic: they
-#: still pass).  One dry pass fewer than checking every key dry first.  Reply: one string of
-#: integers, ``,``-separated: per message, the number of keys answered, then
-#: ``allowed,retry,total`` for each (all keys if counted; up to the refused one otherwise).
-MULTI_LUA = (
-    "local function count(KEYS, ARGV, redis)\n" + COUNTER_LUA + "\nend\n"
-    """local real = redis
-local dry = {call = function(cmd, ...)
-  if cmd == 'HGETALL' then return real.call(cmd, ...) end
-  return false
-end}
-local nb, out, a, k = ARGV[1], {}, 3, 0
-local function put(r)
-  out[#out + 1] = r[1]
-  out[#out + 1] = r[2]
-  out[#out + 1] = r[3]
-end
-for m = 1, tonumber(ARGV[2]) do
-  local nk = tonumber(ARGV[a])
-  local first = a + 1
-  local function args(j)
-    local b = first + 5 * (j - 1)
-    return {ARGV[b], ARGV[b + 1], 'check', nb, ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]}
-  end
-  local at = #out + 1
-  out[at] = 0
-  -- Keys 2..n dry first; key 1 for real only if they all pass (a refused 'check' writes nothing).
+#: A batch of messages in mode ``check``, on ``COUNTER_LIB`` (the arithmetic ``COUNTER_LUA`` runs
+#: too, so both clients share the counters and give the same answers).  ARGV[1] is the batch's
+#: plan, little-endian doubles (one ``struct.unpack`` in Lua, far cheaper than parsing text):
+#: the buckets per window, where the window specs start, the number of messages; per message
+#: its ``now`` (ms) and its number of keys; per key its spec (1-based) and amount, or
+#: ``-spec, amount, now`` when the key's ``now`` is not its message's; then each spec's window
+#: (ms) and limit, each (window, limit) once per batch.  KEYS: every key, in order.
+#:
+#: All-or-nothing per message (CT25-3.1): phase 1 reads each key once per batch (the cache
+#: keeps it for later messages) and checks the windows in order, adding each to the cache
+#: only; at the first refusal it takes those additions back, and NOTHING is written, so a
+#: deferred message and its retries do not burn the other windows' budget.  Phase 2, when
+#: every window passed, writes without reading again (every HINCRBY, then per key in order the
+#: HDEL of buckets stale at its ``now`` and a PEXPIRE only when the key's latest bucket moved on).
+#: Reply: one string; per message (``;`` between them) the totals of the keys answered,
+#: ``,``-separated (every key if counted; up to the refused one otherwise, then ``/`` and its
+#: retry in ms, -1 for never).
+MULTI_LUA = COUNTER_LIB + """
+local p = {struct.unpack('<' .. string.rep('d', #ARGV[1] / 8), ARGV[1])}
+NB = p[1]
+local sp, a, states, out, k, pos, sum = p[2], 4, {}, {}, 0, {}, {0}
+local KS, FS, IS, AS, NS, SS, UN, UX, UM = {}, {}, {}, {}, {}, {}, {}, {}, {}
+for m = 1, p[3] do
+  local now, nk = p[a], p[a + 1]
+  a = a + 2
+  if m > 1 then out[#out + 1] = ';' end
   local refused = 0
-  for j = 2, nk do
-    local r = count({KEYS[k + j]}, args(j), dry)
-    if r[1] == 0 then refused = j; break end
+  for j = 1, nk do
+    local s, amount, t = p[a], p[a + 1], now
+    a = a + 2
+    if s < 0 then s = -s; t = p[a]; a = a + 1 end
+    local key = KEYS[k + j]
+    local st = states[key]
+    if st == nil then st = load(key); states[key] = st end
+    local w, lim = p[sp + 2 * s - 2], p[sp + 2 * s - 1]
+    pos[w] = 1; sum[1] = 0
+    sums(st, pos, t, sum)
+    pos[w] = nil
+    local total = sum[1]
+    if j > 1 then out[#out + 1] = ',' end
+    local over = total + amount - lim
+    if over > 0 then
+      out[#out + 1] = total; out[#out + 1] = '/'
+      out[#out + 1] = amount > lim and -1 or wait(st, w, t, over)
+      refused = j
+      break
+    end
+    KS[j] = key; SS[j] = st; AS[j] = amount; NS[j] = t; UN[j] = st.n; UX[j] = st.max; UM[j] = st.min
+    FS[j], IS[j] = add(st, w, amount, t)
+    out[#out + 1] = total + amount
   end
   if refused > 0 then
-    -- answers in key order up to the first refusal: key 1, then keys 2..refused (looked at again, dry)
-    local r1 = count({KEYS[k + 1]}, args(1), dry)
-    put(r1)
-    out[at] = 1
-    if r1[1] == 1 then
-      for j = 2, refused do put(count({KEYS[k + j]}, args(j), dry)) end
-      out[at] = refused
+    for j = refused - 1, 1, -1 do
+      local st, i = SS[j], IS[j]
+      if i > UN[j] then
+        for x = i, i + 3 do st[x] = nil end
+        st.n = UN[j]
+      else
+        st[i + 3] = st[i + 3] - AS[j]
+      end
+      st.max = UX[j]; st.min = UM[j]
+    end
+    for j = refused + 1, nk do
+      if p[a] < 0 then a = a + 3 else a = a + 2 end
     end
   else
-    local r1 = count({KEYS[k + 1]}, args(1), real)
-    put(r1)
-    out[at] = 1
-    if r1[1] == 1 then
-      for j = 2, nk do put(count({KEYS[k + j]}, args(j), real)) end
-      out[at] = nk
+    for j = 1, nk do call('HINCRBY', KS[j], FS[j], AS[j]) end
+    for j = 1, nk do
+      local st, t = SS[j], NS[j]
+      if st.min <= t then sweep(KS[j], st, t) end
+      if st.max > st.ttl then expire(KS[j], st, t) end
     end
   end
   k = k + nk
-  a = first + 5 * nk
 end
-return table.concat(out, ',')
-""")
+return table.concat(out)
+"""
 _MULTI_SHA = hashlib.sha1(MULTI_LUA.encode()).hexdigest()
 
 #: Messages per script call at most, so one call never holds Redis for long.
@@ -125,18 +144,22 @@ MAX_BATCH = 64
 
 #: What a pending call is told: the reply (a RedisError value included) or the exception that ended it.
 Reply = Callable[[Any], None]
+#: What ``count`` tells its caller: one RateDecision per key answered, or why there is none.
+Done = Callable[[list[RateDecision] | StateUnavailable], None]
 
 
 class RedisError(Exception):
     """An error reply (``-ERR ...``)."""
 
 
-def encode_strs(args: Sequence[str]) -> bytes:
-    """:func:`encode` for text arguments: one f-string per argument, one encode (ASCII, the usual case)."""
+def encode_strs(args: Sequence[str], blob: bytes | None = None) -> bytes:
+    """:func:`encode` for text arguments (and one binary last one): one f-string per argument, one encode."""
     body = "".join([f"${len(a)}\r\n{a}\r\n" for a in args])
-    if body.isascii():  # lengths in characters are lengths in bytes
+    if not body.isascii():  # lengths in characters are lengths in bytes only in ASCII
+        return encode(*args) if blob is None else encode(*args, blob)
+    if blob is None:
         return f"*{len(args)}\r\n{body}".encode()
-    return encode(*args)
+    return b"%b$%d\r\n%b\r\n" % (f"*{len(args) + 1}\r\n{body}".encode(), len(blob), blob)
 
 
 def encode(*args: bytes | str | int) -> bytes:
@@ -301,7 +324,7 @@ class NativeCounters:
         self._down = False
         self._timer: Any = None
         #: Messages waiting for the end of this reactor tick, to be counted in one script call.
-        self._batch: list[tuple[Sequence[Call], Callable[[list[RateDecision] | StateUnavailable], None]]] = []
+        self._batch: list[tuple[Sequence[Call], Done]] = []
         self._flush_scheduled = False
         self._specs: dict[tuple[timedelta, int], WindowSpec] = {}
         self._closed = False
@@ -384,9 +407,13 @@ class NativeCounters:
         if conn.t is not None:
             conn.t.abortConnection()
 
-    def _script(self, sha: str, script: str, keys: Sequence[str], args: Sequence[str], done: Reply) -> None:
-        """EVALSHA (EVAL if Redis lost the script); ``done`` gets the reply or a StateUnavailable."""
-        data = encode_strs(["EVALSHA", sha, str(len(keys)), *keys, *args])
+    def _script(self, sha: str, script: str, keys: Sequence[str], args: Sequence[str], done: Reply,
+                blob: bytes | None = None) -> None:
+        """EVALSHA (EVAL if Redis lost the script) with ``blob``, if any, as the last argument.
+
+        ``done`` gets the reply or a StateUnavailable.
+        """
+        data = encode_strs(["EVALSHA", sha, str(len(keys)), *keys, *args], blob)
 
         def finish(r: Any) -> None:
             done(StateUnavailable(f"redis {self.where}: {r}") if isinstance(r, RedisError) else r)
@@ -394,7 +421,7 @@ class NativeCounters:
         def send(conn: _Resp) -> None:
             def got(r: Any) -> None:
                 if isinstance(r, RedisError) and str(r).startswith("NOSCRIPT") and conn.connected:
-                    conn.call(encode_strs(["EVAL", script, str(len(keys)), *keys, *args]), finish)
+                    conn.call(encode_strs(["EVAL", script, str(len(keys)), *keys, *args], blob), finish)
                 else:
                     finish(r)
             conn.call(data, got)
@@ -415,7 +442,7 @@ class NativeCounters:
 
     # ------------------------------------------------------------------ the counter calls
 
-    def count(self, calls: Sequence[Call], done: Callable[[list[RateDecision] | StateUnavailable], None]) -> None:
+    def count(self, calls: Sequence[Call], done: Done) -> None:
         """Count one message's windows; ``done`` gets the answers in the reactor, a tick or more later.
 
         All or nothing: every window is checked before any is counted.  ``done`` gets one
@@ -445,39 +472,58 @@ class NativeCounters:
         while self._batch:
             batch = self._batch[:MAX_BATCH]
             del self._batch[:MAX_BATCH]
-            keys: list[str] = []
-            args: list[str] = [str(BUCKETS), str(len(batch))]
             try:
-                for calls, _ in batch:
-                    args.append(str(len(calls)))
-                    for c in calls:
-                        spec = self._spec(c.window, c.limit)
-                        now_ms = ms(c.now)
-                        keys.append(self.prefix + "c:" + c.key)
-                        # RedisCounters._count's arguments for one window (directory/counters_redis.py).
-                        args += [str(now_ms), str(check_amount(c.amount)), str(spec.w_ms), str(c.limit),
-                                 f"{spec.w_ms}:{now_ms // bucket_ms(spec.w_ms)}"]
+                keys, plan = self._plan(batch)
             except ValueError as e:  # a call the store would refuse too: nothing was counted
                 for _, done in batch:
                     _Resp._tell(done, StateUnavailable(f"redis {self.where}: {e}"))
                 continue
-            self._script(_MULTI_SHA, MULTI_LUA, keys, args, partial(self._answered, batch))
+            self._script(_MULTI_SHA, MULTI_LUA, keys, [], partial(self._answered, batch), plan)
 
-    def _answered(self, batch: list[tuple[Sequence[Call], Callable[[list[RateDecision] | StateUnavailable], None]]],
-                  r: Any) -> None:
+    def _plan(self, batch: list[tuple[Sequence[Call], Done]]) -> tuple[list[str], bytes]:
+        """MULTI_LUA's KEYS and its plan: each (window, limit) once, ``now`` once per message."""
+        prefix = self.prefix + "c:"
+        keys: list[str] = []
+        plan: list[int] = [BUCKETS, 0, len(batch)]
+        index: dict[tuple[timedelta, int], int] = {}
+        table: list[int] = []
+        for calls, _ in batch:
+            now = calls[0].now
+            plan += (ms(now), len(calls))
+            for key, amount, window, limit, _label, when in calls:
+                s = index.get((window, limit))
+                if s is None:
+                    spec = self._spec(window, limit)
+                    s = index[(window, limit)] = len(index) + 1
+                    table += (spec.w_ms, limit)
+                if type(amount) is not int or amount < 0:
+                    amount = int(check_amount(amount))  # ValueError unless a whole number ≥ 0
+                keys.append(prefix + key)
+                if when == now:
+                    plan += (s, amount)
+                else:
+                    plan += (-s, amount, ms(when))
+        plan[1] = len(plan) + 1  # Lua counts from 1
+        plan += table
+        return keys, struct.pack(f"<{len(plan)}d", *plan)
+
+    def _answered(self, batch: list[tuple[Sequence[Call], Done]], r: Any) -> None:
         if isinstance(r, StateUnavailable):
             for _, done in batch:
                 _Resp._tell(done, r)
-        else:
+            return
+        try:
+            answers = _multi_answers(r, [len(calls) for calls, _ in batch])
+        except (TypeError, ValueError, AttributeError):  # not what MULTI_LUA returns
+            err = StateUnavailable(f"redis {self.where}: unexpected reply {r!r:.80}")
+            for _, done in batch:
+                _Resp._tell(done, err)
+            return
+        for (_, done), decisions in zip(batch, answers, strict=True):
             try:
-                answers = _multi_answers(r, len(batch))
-            except (TypeError, ValueError, IndexError):  # not what MULTI_LUA returns
-                err = StateUnavailable(f"redis {self.where}: unexpected reply {r!r:.80}")
-                for _, done in batch:
-                    _Resp._tell(done, err)
-            else:
-                for (_, done), decisions in zip(batch, answers, strict=True):
-                    _Resp._tell(done, decisions)
+                done(decisions)
+            except Exception:  # as _Resp._tell: one callback's bug must not cost the others their answers
+                log.failure("policyd: error handling a Redis reply")
 
     def _spec(self, window: timedelta, limit: int) -> WindowSpec:
         """limit_specs' validated window, remembered: the same two windows come with every message."""
@@ -520,20 +566,43 @@ class NativeCounters:
         self.conn = None
 
 
-def _multi_answers(reply: bytes, messages: int) -> list[list[RateDecision]]:
-    """MULTI_LUA's reply: per message, the RateDecision of each key counted."""
-    values = [int(v) for v in reply.split(b",")]
+#: The RateDecision of an allowed window, by its total as MULTI_LUA spells it: most totals recur
+#: (small numbers, many senders), and a cached answer saves building one per window.
+_ALLOWED: dict[bytes, RateDecision] = {}
+
+
+def _allowed(total: bytes) -> RateDecision:
+    d = _ALLOWED.get(total)
+    if d is None:
+        d = RateDecision(True, (int(total),), None)
+        if len(_ALLOWED) < 4096:
+            _ALLOWED[total] = d
+    return d
+
+
+def _multi_answers(reply: bytes, sizes: Sequence[int]) -> list[list[RateDecision]]:
+    """MULTI_LUA's reply: per message (``sizes``: its number of keys), the RateDecision of each key answered."""
+    segments = reply.split(b";")
+    if len(segments) != len(sizes):
+        raise ValueError(f"{len(segments)} answers for {len(sizes)} messages")
     out: list[list[RateDecision]] = []
-    i = 0
-    for _ in range(messages):
-        n = values[i]
-        i += 1
-        if n < 1 or i + 3 * n > len(values):  # every message has its first window counted
-            raise ValueError("truncated reply")
-        out.append([_decision(values[j:j + 3]) for j in range(i, i + 3 * n, 3)])
-        i += 3 * n
-    if i != len(values):
-        raise ValueError("trailing values")
+    for seg, n in zip(segments, sizes, strict=True):
+        head, refused, retry = seg.partition(b"/")
+        totals = head.split(b",")
+        if not refused:
+            if len(totals) != n:
+                raise ValueError("not every key answered")
+            out.append([_allowed(t) for t in totals])
+            continue
+        if len(totals) > n:
+            raise ValueError("more answers than keys")
+        last = int(totals.pop())
+        wait = int(retry)
+        if wait < -1:
+            raise ValueError(f"bad retry {wait}")
+        answer = [_allowed(t) for t in totals]
+        answer.append(RateDecision(False, (last,), math.inf if wait == -1 else wait / 1000))
+        out.append(answer)
     return out
 
 

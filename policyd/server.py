@@ -17,9 +17,9 @@ from __future__ import annotations
 import re
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IAddress, IListeningPort
@@ -43,6 +43,9 @@ from policyd.redis_native import NativeCounters
 from policyd.sendnow import Sender
 from policyd.stats import Stats
 from rules.config import Config, ConfigError, check_listen
+
+if TYPE_CHECKING:
+    from policyd.workers import WorkerPool
 
 log = Logger(namespace="congvu.policyd")
 _INFO = LogLevel.info
@@ -298,7 +301,10 @@ class _Metrics(Resource):
     def render_GET(self, request: Request) -> bytes:
         ctype = b"text/plain; version=0.0.4; charset=utf-8"
         request.setHeader(b"content-type", ctype)  # type: ignore[no-untyped-call]
-        return self.service.stats.render(c.name for c in self.service.engine.checks).encode()
+        svc = self.service
+        if svc.workers is not None:  # the sum over every worker process ([policyd] workers)
+            return svc.workers.render(c.name for c in svc.engine.checks).encode()
+        return svc.stats.render(c.name for c in svc.engine.checks).encode()
 
 
 class _QuietSite(Site):
@@ -311,13 +317,22 @@ class _QuietSite(Site):
 
 
 class PolicyService:
-    """The running policy server: its config, engine, ports, connections and counters."""
+    """The running policy server: its config, engine, ports, connections and counters.
+
+    ``adopt``: listening socket descriptors inherited from the master, served instead of
+    ``[policyd] listen`` (a worker process, :mod:`policyd.workers`; no stats port either).
+    """
 
     name = "policyd"
 
     def __init__(self, cfg: Config, reactor: Any, *, clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, adopt: Sequence[int] = ()) -> None:
         self.cfg = cfg
+        self.adopt = tuple(adopt)
+        #: The listening ports of ``[policyd] listen`` (without stats_listen): what workers share.
+        self.policy_ports: list[tuple[str, IListeningPort]] = []
+        #: The worker processes this master started ([policyd] workers > 1), else None.
+        self.workers: WorkerPool | None = None
         self.reactor = reactor
         self.clock, self.monotonic = clock, monotonic
         self.stats = Stats()
@@ -403,13 +418,23 @@ class PolicyService:
         self.pool.start()
         p = self.cfg.policyd
         try:
-            for endpoint in p.listen:
+            if self.adopt:
+                from policyd.workers import adopt_ports
+                for adopted in adopt_ports(self.reactor, self.adopt, PolicyFactory(self)):
+                    self.ports.append(adopted)
+                    self.listening.append(describe(adopted.getHost()))
+            for endpoint in () if self.adopt else p.listen:
                 port = yield self._listen(endpoint, PolicyFactory(self), "policy server", "policyd.listen")
+                self.policy_ports.append((endpoint, port))
                 self.listening.append(f"{endpoint} ({describe(port.getHost())})")
-            for endpoint in p.stats_listen:
+            for endpoint in () if self.adopt else p.stats_listen:
                 site: Any = _QuietSite(_Metrics(self))  # type: ignore[no-untyped-call]
                 port = yield self._listen(endpoint, site, "policy stats", "policyd.stats_listen")
                 self.listening.append(f"{endpoint} ({describe(port.getHost())}, /metrics)")
+            if p.workers > 1 and not self.adopt:
+                from policyd.workers import WorkerPool
+                self.workers = WorkerPool(self)
+                self.workers.start()
         except Exception:
             yield self.stop()
             raise
@@ -433,7 +458,9 @@ class PolicyService:
             self._sweeper.stop()
         ports: list[Any] = self.ports
         self.ports = []
-        yield defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports], consumeErrors=True)
+        workers = [self.workers.stop()] if self.workers is not None else []
+        yield defer.gatherResults([*workers, *(defer.maybeDeferred(p.stopListening) for p in ports)],
+                                  consumeErrors=True)
         for conn in list(self.connections):
             if conn.t is not None:
                 conn.t.loseConnection()
@@ -447,6 +474,8 @@ class PolicyService:
 
     def reload(self, cfg: Config) -> None:
         """Switch to a new, already validated config; listen changes need a restart."""
+        if self.workers is not None:  # each worker rereads the same file itself (SIGHUP)
+            self.workers.reload()
         old = self.engine
         try:
             engine = self._build(cfg, old)
@@ -458,8 +487,9 @@ class PolicyService:
             check_listen(cfg)
         except ConfigError as e:  # not listened on until a restart, but that restart would fail
             log.warn("policyd: {err}", err=str(e))
-        if (cfg.policyd.listen, cfg.policyd.stats_listen) != (self.cfg.policyd.listen, self.cfg.policyd.stats_listen):
-            log.warn("policyd: listen/stats_listen changed; they take effect at the next restart")
+        if (cfg.policyd.listen, cfg.policyd.stats_listen, cfg.policyd.workers) != \
+                (self.cfg.policyd.listen, self.cfg.policyd.stats_listen, self.cfg.policyd.workers):
+            log.warn("policyd: listen/stats_listen/workers changed; they take effect at the next restart")
         self.cfg, self.engine = cfg, engine
         self.stats.reloads_ok += 1
         octx, nctx = old.ctx, engine.ctx

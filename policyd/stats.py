@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from typing import Any
+
+#: The plain integer counters, in the order of the dict form.
+_SCALARS = ("requests", "threaded", "native", "protocol_errors", "timeouts", "refused_connections",
+            "connections_total", "connections_open", "reloads_ok", "reloads_failed")
 
 
 class Stats:
@@ -27,8 +32,38 @@ class Stats:
         self.reloads_ok = 0
         self.reloads_failed = 0
 
-    def render(self, checks: Iterable[str]) -> str:
-        """The Prometheus text exposition format (version 0.0.4)."""
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able snapshot: how a policyd worker process sends its counters to the master."""
+        d: dict[str, Any] = {k: getattr(self, k) for k in _SCALARS}
+        d["decisions"] = [[c, v, n] for (c, v), n in sorted(self.decisions.items())]
+        d["failures"] = [[c, p, n] for (c, p), n in sorted(self.failures.items())]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Stats:
+        """Read back :meth:`to_dict`; raises ValueError (or TypeError/KeyError) on a malformed snapshot."""
+        st = cls()
+        for k in _SCALARS:
+            setattr(st, k, _count(d.get(k, 0)))
+        for c, v, n in d.get("decisions", []):
+            st.decisions[(str(c), str(v))] = _count(n)
+        for c, p, n in d.get("failures", []):
+            st.failures[(str(c), str(p))] = _count(n)
+        return st
+
+    def merge(self, other: Stats) -> None:
+        """Add ``other``'s counters (and open connections) to these: the sum over worker processes."""
+        for k in _SCALARS:
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+        self.decisions.update(other.decisions)
+        self.failures.update(other.failures)
+
+    def render(self, checks: Iterable[str], workers: Mapping[int, int] | None = None) -> str:
+        """The Prometheus text exposition format (version 0.0.4).
+
+        ``workers``: requests answered per worker process (0 = the master) when these stats are
+        the sum over several; None = a single process, worker 0, answered them all.
+        """
         out: list[str] = []
 
         def metric(name: str, kind: str, doc: str, rows: Iterable[tuple[Mapping[str, str], int]]) -> None:
@@ -60,7 +95,18 @@ class Stats:
                [({"result": "ok"}, self.reloads_ok), ({"result": "failed"}, self.reloads_failed)])
         metric("check_enabled", "gauge", "1 for each check in the running order.",
                [({"check": c}, 1) for c in names])
+        per_worker = {0: self.requests} if workers is None else workers
+        metric("workers", "gauge", "Policy server processes sharing the listen sockets ([policyd] workers).",
+               [({}, len(per_worker))])
+        metric("worker_requests_total", "counter", "Policy requests answered, by worker process (0 = master).",
+               [({"worker": str(w)}, n) for w, n in sorted(per_worker.items())])
         return "\n".join(out) + "\n"
+
+
+def _count(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"expected a count, got {v!r}")
+    return v
 
 
 def _escape(v: str) -> str:

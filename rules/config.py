@@ -356,6 +356,15 @@ def _optional_size(v: Any) -> int | None:
 _FAILURE = _choice("defer", "dunno")
 
 
+def _workers(v: Any) -> int:
+    """policyd processes: 1..64, or "auto" = one per CPU core (os.cpu_count(), at most 64)."""
+    if v == "auto":
+        return max(1, min(64, os.cpu_count() or 1))
+    if isinstance(v, str):
+        raise ValueError(f"expected a whole number from 1 to 64 or \"auto\", got {v!r}")
+    return int(_int(1, 64)(v))
+
+
 @dataclass(frozen=True)
 class PolicydSettings:
     """The Postfix policy server (CT25-3, CT25-5.1, TH13-9, CT15-8)."""
@@ -418,6 +427,10 @@ class PolicydSettings:
         doc="Prometheus text endpoint (/metrics) and `congvu policyd stats`; [] = off")
     log_decisions: str = setting("all", _choice("all", "blocks"),
         doc="one log line per decision (all), or only for refusals and defers (blocks)")
+    workers: int = setting(1, _workers,
+        doc="policy server processes sharing the listen sockets, 1 to 64 or \"auto\" (one per CPU core): one "
+            "process is one reactor on one core; Postfix keeps its connections open, so they are spread "
+            "over the processes as they are accepted. Needs a restart to change")
 
     def attachment_max_for(self, kind: MailboxType) -> int | None:
         return {"personal": self.attachment_max_personal, "unit": self.attachment_max_unit,

@@ -14,7 +14,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from directory.model import Account, CounterStore
 from policyd.lookup import AccountLookup, normalise
@@ -26,9 +26,12 @@ from rules.limits import message_size_limit
 MESSAGE_STATES = frozenset({"MAIL", "RCPT", "DATA", "END-OF-MESSAGE"})
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
-    """A check's answer: a blocking decision, or None and why not."""
+class Result(NamedTuple):
+    """A check's answer: a blocking decision, or None and why not.
+
+    A NamedTuple, not a frozen dataclass: one is built for most checks of every request,
+    and a frozen dataclass's ``__init__`` costs several times more.
+    """
 
     decision: Decision | None
     note: str
@@ -36,6 +39,11 @@ class Result:
 
 def passed(note: str) -> Result:
     return Result(None, note)
+
+
+#: "Passed" on the hot path, where nobody reads the note: checks build their explanatory
+#: notes only when ``ctx.dry_run`` (``congvu policyd explain``) will print them.
+PASSED = Result(None, "passed")
 
 
 class CountedInstances:
@@ -74,6 +82,7 @@ class Context:
     dry_run: bool = False
 
     _logins: dict[str, str] = field(default_factory=dict)
+    _addresses: dict[str, str] = field(default_factory=dict)
     #: Derived once per config: the whole-message limit, and whether any per-type limit is set.
     size_limit: int = 0
     size_per_type: bool = False
@@ -96,6 +105,16 @@ class Context:
             self._logins[raw] = user
         return user
 
+    def address(self, raw: str) -> str:
+        """``normalise(raw)``, remembered: the same senders come back request after request."""
+        addr = self._addresses.get(raw)
+        if addr is None:
+            addr = normalise(raw)
+            if len(self._addresses) > 50_000:
+                self._addresses.clear()
+            self._addresses[raw] = addr
+        return addr
+
     def login_account(self, req: PolicyRequest) -> Account | None:
         return self.accounts.get(self.login(req))
 
@@ -107,7 +126,7 @@ class Context:
         return any(ip in net for net in self.cfg.policyd.mynetworks)
 
     def is_local_domain(self, address: str) -> bool:
-        domain = normalise(address).rpartition("@")[2]
+        domain = self.address(address).rpartition("@")[2]
         return bool(domain) and (domain == self.cfg.domain or domain in self.cfg.policyd.local_domains)
 
 

@@ -7,6 +7,8 @@ from policyd.lookup import normalise
 from policyd.protocol import PolicyRequest
 from rules.decision import Decision, Verdict
 
+_OUTSIDE = passed("sender domain is not one of the site's")
+
 
 class ForgedSenderCheck(Check):
     """Unauthenticated clients outside mynetworks may not use a sender in the site's own domains."""
@@ -24,7 +26,7 @@ class ForgedSenderCheck(Check):
 
     def run(self, req: PolicyRequest, ctx: Context) -> Result:
         if not ctx.is_local_domain(req.sender):
-            return passed("sender domain is not one of the site's")
+            return _OUTSIDE
         if ctx.in_mynetworks(req.client_address):
             return passed(f"client {req.client_address} is in mynetworks")
         domain = normalise(req.sender).rpartition("@")[2]

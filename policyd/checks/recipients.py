@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from policyd.checks.base import Check, Context, Result, passed
+from policyd.checks.base import PASSED, Check, Context, Result, passed
 from policyd.protocol import PolicyRequest
 from rules.decision import Decision, Verdict
 
@@ -22,7 +22,7 @@ class RecipientsCheck(Check):
     def run(self, req: PolicyRequest, ctx: Context) -> Result:
         limit = ctx.cfg.policyd.max_recipients
         if req.recipient_count <= limit:
-            return passed(f"{req.recipient_count} recipients ≤ {limit}")
+            return passed(f"{req.recipient_count} recipients ≤ {limit}") if ctx.dry_run else PASSED
         return Result(Decision(
             Verdict.REJECT, ctx.cfg.origins["policyd.max_recipients"].rule_id,
             text_vi=f"Thư có {req.recipient_count} người nhận, vượt mức {limit} người nhận mỗi thư",

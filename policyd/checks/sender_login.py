@@ -8,6 +8,8 @@ from policyd.lookup import normalise
 from policyd.protocol import PolicyRequest
 from rules.decision import Decision, Verdict
 
+_OWN = passed("sender is the login address")
+
 
 class SenderLoginCheck(Check):
     """The envelope sender of authenticated mail must belong to the login (own address, alias, delegation)."""
@@ -25,14 +27,14 @@ class SenderLoginCheck(Check):
 
     def needs_io(self, req: PolicyRequest, ctx: Context) -> bool:
         login = ctx.login(req)
-        sender = normalise(req.sender)
+        sender = ctx.address(req.sender)
         return not ctx.accounts.cached(login) or (sender != login and not ctx.accounts.cached(sender))
 
     def run(self, req: PolicyRequest, ctx: Context) -> Result:
         login = ctx.login(req)
-        sender = normalise(req.sender)
+        sender = ctx.address(req.sender)
         if sender == login:
-            return passed("sender is the login address")
+            return _OWN
         account = ctx.accounts.get(login)
         if account is not None:
             if sender == account.address or sender in {normalise(a) for a in account.aliases}:
