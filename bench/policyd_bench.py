@@ -13,13 +13,18 @@ Servers, in the same run and on the same machine:
 * ``postfwd2``: Debian's ``/usr/sbin/postfwd2`` with ``bench/postfwd/postfwd.cf`` (the
   same size and rate rules), prefork children enough for every connection;
 * ``bare``: a minimal Twisted server in this file that answers ``action=DUNNO`` to each
-  request with no logic: the framework ceiling.
+  request with no logic: the framework ceiling (as many processes as congvu's
+  ``[policyd] workers``, sharing one socket).
 
 The load generator is one asyncio process (Protocols, no streams) sharing the machine's
-cores with the server under test; its own cost is part of every figure.
+cores with the server under test; its own cost is part of every figure.  Every server is
+measured ``--rounds`` times, alternating, each round with new message instances; the
+summary gives each ratio per round (servers measured seconds apart see the same load from
+the rest of the machine) and the median over the rounds.
 
-    .venv/bin/python bench/policyd_bench.py                 # 16 and 64 connections, 5 s each
+    .venv/bin/python bench/policyd_bench.py                 # 16 and 64 connections, 3 rounds of 5 s each
     .venv/bin/python bench/policyd_bench.py --duration 10 --connections 16 --servers congvu,bare
+    .venv/bin/python bench/policyd_bench.py --servers bare,congvu --policyd-option workers=2
 """
 
 from __future__ import annotations

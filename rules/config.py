@@ -430,7 +430,8 @@ class PolicydSettings:
     workers: int = setting(1, _workers,
         doc="policy server processes sharing the listen sockets, 1 to 64 or \"auto\" (one per CPU core): one "
             "process is one reactor on one core; Postfix keeps its connections open, so they are spread "
-            "over the processes as they are accepted. Needs a restart to change")
+            "over the processes as they are accepted. Worth it only with cores to spare: on 2 cores shared "
+            "with Postfix and Redis, 2 gained nothing (docs/benchmarks.md). Needs a restart to change")
 
     def attachment_max_for(self, kind: MailboxType) -> int | None:
         return {"personal": self.attachment_max_personal, "unit": self.attachment_max_unit,
