@@ -294,7 +294,11 @@ def bare_responder(port: int, workers: int = 1) -> None:
                 transport: Any = self.transport
                 transport.write(b"action=DUNNO\n\n" * n)
 
-    reactor.adoptStreamPort(sock.fileno(), socket.AF_INET, Factory.forProtocol(Bare))
+    if workers > 1:  # accepted one at a time, as congvu's workers do, or one process takes every connection
+        from policyd.workers import adopt_ports
+        adopt_ports(reactor, [os.dup(sock.fileno())], Factory.forProtocol(Bare))
+    else:
+        reactor.adoptStreamPort(sock.fileno(), socket.AF_INET, Factory.forProtocol(Bare))
     reactor.run()
 
 

@@ -139,6 +139,9 @@ return table.concat(out)
 """
 _MULTI_SHA = hashlib.sha1(MULTI_LUA.encode()).hexdigest()
 
+#: The largest amount the batch plan carries exactly (it is packed as doubles).
+_EXACT = 2**53
+
 #: Messages per script call at most, so one call never holds Redis for long.
 MAX_BATCH = 64
 
@@ -474,7 +477,7 @@ class NativeCounters:
             del self._batch[:MAX_BATCH]
             try:
                 keys, plan = self._plan(batch)
-            except ValueError as e:  # a call the store would refuse too: nothing was counted
+            except Exception as e:  # a call the store would refuse too, or a bug: nothing was counted
                 for _, done in batch:
                     _Resp._tell(done, StateUnavailable(f"redis {self.where}: {e}"))
                 continue
@@ -496,8 +499,10 @@ class NativeCounters:
                     spec = self._spec(window, limit)
                     s = index[(window, limit)] = len(index) + 1
                     table += (spec.w_ms, limit)
-                if type(amount) is not int or amount < 0:
+                if type(amount) is not int or amount < 0 or amount > _EXACT:
                     amount = int(check_amount(amount))  # ValueError unless a whole number ≥ 0
+                    if amount > _EXACT:  # the plan travels as doubles: no silent rounding
+                        raise ValueError(f"amount {amount} is too large to count")
                 keys.append(prefix + key)
                 if when == now:
                     plan += (s, amount)

@@ -54,6 +54,7 @@ from directory.cli import EXIT_OK, EXIT_REFUSED, UsageError, config_for
 from directory.output import Output
 from policyd.stats import Stats
 from rules.config import ConfigError, load_config
+from rules.profiles import DEFAULT_PROFILE
 
 log = Logger(namespace="congvu.policyd")
 
@@ -237,8 +238,9 @@ def run_worker(args: argparse.Namespace, out: Output) -> int:
     def started(_: Any) -> None:
         log.info("policyd: worker {n} (pid {pid}) serving {ports}", n=index, pid=os.getpid(),
                  ports=", ".join(service.listening))
-        snapshots.start(SNAPSHOT_INTERVAL, now=True)
+        # The handler before the first snapshot: the master forwards SIGHUP only after that one.
         signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(reload))
+        snapshots.start(SNAPSHOT_INTERVAL, now=True)
         reactor.addSystemEventTrigger("before", "shutdown", service.stop)
 
     def failed(f: Failure) -> None:
@@ -285,6 +287,10 @@ class _Child(ProcessProtocol):
         self.latest = Stats()
         self.pid: int | None = None
         self.started_at = 0.0
+        #: Serving, with its SIGHUP handler in place (it sent a snapshot): before that, a SIGHUP
+        #: would kill it (the default action), so a reload is held for it in ``reload_pending``.
+        self.ready = False
+        self.reload_pending = False
 
     def connectionMade(self) -> None:
         self.pid = getattr(self.transport, "pid", None)
@@ -304,6 +310,12 @@ class _Child(ProcessProtocol):
             self.latest = Stats.from_dict(json.loads(lines[-1])["stats"])
         except (ValueError, TypeError, KeyError) as e:
             log.warn("policyd: worker {n} sent an unreadable stats snapshot ({err})", n=self.index, err=str(e))
+            return
+        if not self.ready:
+            self.ready = True
+            if self.reload_pending:  # a SIGHUP came while it was starting
+                self.reload_pending = False
+                self.pool._signal(self, "HUP")
 
     def processEnded(self, reason: Failure) -> None:
         self.pool._ended(self, reason)
@@ -335,6 +347,10 @@ class WorkerPool:
         if skipped:
             log.warn("policyd: {eps} served by the master only (workers share plain sockets only)",
                      eps=", ".join(skipped))
+        if not self.shared:
+            log.warn("policyd: [policyd] workers = {w} but no plain listen endpoint to share: one process",
+                     w=self.size)
+            return
         log.info("policyd: starting {n} worker process(es) besides this one ([policyd] workers = {w})",
                  n=self.size - 1, w=self.size)
         # The master too accepts one connection at a time: through a shared port on a duplicate of
@@ -350,7 +366,12 @@ class WorkerPool:
     def _argv(self, index: int, fds: Sequence[int]) -> list[str]:
         cfg = self.service.cfg
         argv = [self.executable, "-c", CLI, "policyd", "--worker", str(index),
-                "--worker-fds", ",".join(map(str, fds)), "--profile", cfg.profile.name]
+                "--worker-fds", ",".join(map(str, fds))]
+        # The master's own inputs, so a restarted child resolves the profile as the master's next
+        # reload would: a profile line in the file wins anyway; otherwise only a --profile other
+        # than the default changed it.
+        if cfg.origins["profile"].source != "file" and cfg.profile.name != DEFAULT_PROFILE:
+            argv += ["--profile", cfg.profile.name]
         if cfg.path != "<defaults>":
             argv += ["--config", cfg.path]
         return argv
@@ -396,9 +417,12 @@ class WorkerPool:
         self._retry(child.index, f"(pid {child.pid}) exited unexpectedly, {_describe_end(reason)}")
 
     def reload(self) -> None:
-        """Forward SIGHUP: each child rereads the config file itself."""
+        """Forward SIGHUP: each child rereads the config file itself (a starting one once it serves)."""
         for child in list(self.children.values()):
-            self._signal(child, "HUP")
+            if child.ready:
+                self._signal(child, "HUP")
+            else:
+                child.reload_pending = True
 
     def _signal(self, child: _Child, sig: str) -> None:
         transport: Any = child.transport

@@ -203,3 +203,21 @@ def test_retries_of_a_message_refused_on_recipients_spend_no_hourly_budget(tmp_p
     finally:
         counters.close()
         store.close()
+
+
+def test_an_amount_too_large_for_the_packed_plan_fails_its_batch_cleanly(tmp_path: Path, redis_server: RedisServer,
+                                                                        reactor: Any) -> None:
+    """Above 2^53 the plan's doubles would round: the batch gets StateUnavailable, nothing is counted."""
+    cfg = _config(tmp_path, redis_server, f"{uuid.uuid4().hex[:8]}-huge:")
+    now = time.time()
+    native = NativeCounters(cfg, reactor)
+    try:
+        got = _count_all(reactor, native, [_message("big", 2**53 + 1, now, per_day=2**60), _message("ok", 1, now)])
+        assert all(isinstance(a, StateUnavailable) and "too large" in str(a) for a in got)
+        assert _count_all(reactor, native, [_message("ok", 1, now)])[0] == [  # the next batch counts normally
+            RateDecision(True, (1,), None), RateDecision(True, (1,), None)]
+    finally:
+        native.close()
+    view = open_counters(cfg)
+    assert view.peek("policyd:msgs:big", [HOUR], now) == (0,) and view.peek("policyd:rcpts:big", [DAY], now) == (0,)
+    view.close()

@@ -176,7 +176,7 @@ def _killed() -> Failure:
 
 
 def test_pool_spawns_each_worker_with_the_shared_sockets(pool: WorkerPool) -> None:
-    """workers - 1 children, each told its index, its socket descriptors, the config path and profile."""
+    """workers - 1 children, each told its index, its socket descriptors and the config path."""
     pool.start()
     reactor: Any = pool.reactor
     assert [args[args.index("--worker") + 1] for _, args, _ in reactor.spawned] == ["1", "2"]
@@ -184,7 +184,7 @@ def test_pool_spawns_each_worker_with_the_shared_sockets(pool: WorkerPool) -> No
     assert args[:3] == ["/usr/bin/python3", "-c", "import sys; from directory.cli import main; sys.exit(main())"]
     assert args[args.index("--worker-fds") + 1] == "4"
     assert args[args.index("--config") + 1] == pool.service.cfg.path
-    assert args[args.index("--profile") + 1] == "cantho-2025"
+    assert "--profile" not in args  # the default profile: the child resolves it as the master's reload would
     master_port = pool.service.policy_ports[0][1]
     assert fds == {0: "w", 1: 2, 2: 2, 3: "r", 4: master_port.fileno()}
     # the master accepts through a one-at-a-time port on a duplicate; its own port no longer reads
@@ -252,3 +252,25 @@ def test_stop_terms_then_kills_and_restarts_nothing(pool: WorkerPool) -> None:
     reactor.advance(60)
     assert len(reactor.spawned) == 2  # nothing restarted
     assert pool.reload() is None and c1.transport.signals == ["TERM"]  # no one left to signal
+
+
+def test_a_reload_waits_until_a_starting_worker_serves(pool: WorkerPool) -> None:
+    """SIGHUP before a child's first snapshot is held (the default action would kill it), then sent."""
+    pool.start()
+    reactor: Any = pool.reactor
+    ready, starting = reactor.spawned[0][0], reactor.spawned[1][0]
+    ready.childDataReceived(3, json.dumps({"stats": _stats(1).to_dict()}).encode() + b"\n")
+    pool.reload()
+    assert ready.transport.signals == ["HUP"] and starting.transport.signals == []
+    starting.childDataReceived(3, json.dumps({"stats": _stats(2).to_dict()}).encode() + b"\n")
+    assert starting.transport.signals == ["HUP"]
+    starting.childDataReceived(3, json.dumps({"stats": _stats(3).to_dict()}).encode() + b"\n")
+    assert starting.transport.signals == ["HUP"]  # once, not on every snapshot
+
+
+def test_no_worker_is_started_without_a_plain_endpoint_to_share(pool: WorkerPool) -> None:
+    """Only ssl: endpoints: one process and a warning, not children failing and restarting for ever."""
+    pool.shared = []
+    pool.start()
+    reactor: Any = pool.reactor
+    assert reactor.spawned == [] and pool.children == {}
