@@ -18,6 +18,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from directory.cli import EXIT_OK, EXIT_REFUSED, add_config_args, config_for
@@ -203,6 +204,15 @@ def start_logging(stream: Any = None, reactor: Any = None, interval: float = 0.0
     return buffer
 
 
+def reread(path: str | Path | None, profile: str | None, log: Any) -> Config | None:
+    """The config file again, for a SIGHUP; None (and one error line) if it is refused: keep the running one."""
+    try:
+        return load_config(path, profile=profile)
+    except ConfigError as e:
+        log.error("reload refused, keeping the running configuration: {err}", err=str(e))
+        return None
+
+
 def run_services(names: Sequence[str], args: argparse.Namespace, out: Output) -> int:
     """Start ``names`` in one reactor, print where they listen, run until SIGTERM/SIGINT."""
     cfg = config_for(args)  # a ConfigError stops here with one sentence (cli.main)
@@ -218,13 +228,10 @@ def run_services(names: Sequence[str], args: argparse.Namespace, out: Output) ->
     exit_code = [EXIT_OK]
 
     def reload() -> None:
-        try:
-            new = load_config(path, profile=profile)
-        except ConfigError as e:
-            log.error("reload refused, keeping the running configuration: {err}", err=str(e))
-            return
-        for svc in running:
-            svc.reload(new)
+        new = reread(path, profile, log)
+        if new is not None:
+            for svc in running:
+                svc.reload(new)
 
     def started(services: list[RunningService]) -> None:
         running.extend(services)

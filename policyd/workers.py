@@ -53,7 +53,6 @@ from twisted.python.failure import Failure
 from directory.cli import EXIT_OK, EXIT_REFUSED, UsageError, config_for
 from directory.output import Output
 from policyd.stats import Stats
-from rules.config import ConfigError, load_config
 from rules.profiles import DEFAULT_PROFILE
 
 log = Logger(namespace="congvu.policyd")
@@ -207,7 +206,7 @@ def run_worker(args: argparse.Namespace, out: Output) -> int:
     from twisted.internet import reactor as _reactor
     from twisted.internet.stdio import StandardIO
 
-    from directory.cmd_serve import start_logging
+    from directory.cmd_serve import reread, start_logging
     from policyd.server import PolicyService
 
     index, fds = int(args.worker), parse_fds(args.worker_fds or "")
@@ -228,12 +227,9 @@ def run_worker(args: argparse.Namespace, out: Output) -> int:
     snapshots.clock = reactor
 
     def reload() -> None:
-        try:
-            new = load_config(path, profile=profile)
-        except ConfigError as e:
-            log.error("reload refused, keeping the running configuration: {err}", err=str(e))
-            return
-        service.reload(new)
+        new = reread(path, profile, log)
+        if new is not None:
+            service.reload(new)
 
     def started(_: Any) -> None:
         log.info("policyd: worker {n} (pid {pid}) serving {ports}", n=index, pid=os.getpid(),

@@ -15,11 +15,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet.epollreactor import EPollReactor
 
 from directory.cli import main as congvu_main
 from directory.output import Output
@@ -260,3 +261,27 @@ def thanhhoa(postfix_site: PostfixSite) -> Iterator[Accounts]:
     """policyd on the thanhhoa-2013 profile (started or switched to)."""
     postfix_site.redis.start()
     yield postfix_site.use("thanhhoa")
+
+
+# --------------------------------------------------------------------------- a reactor turned by hand
+
+
+@pytest.fixture
+def reactor() -> Iterator[Any]:
+    """A private, never-installed reactor that the test turns by hand (:func:`turn`), closed afterwards."""
+    r: Any = EPollReactor()  # type: ignore[no-untyped-call]
+    yield r
+    r.disconnectAll()
+    for call in r.getDelayedCalls():
+        call.cancel()
+    for reader in list(r._internalReaders):
+        r.removeReader(reader)
+        reader.connectionLost(None)
+
+
+def turn(reactor: Any, done: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Iterate ``reactor`` until ``done()``; fails after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "no answer in time"
+        reactor.iterate(0.01)

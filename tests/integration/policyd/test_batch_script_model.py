@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from twisted.internet.epollreactor import EPollReactor
 
 from directory.counters import BUCKETS, Mode, WindowSpec, bucket_expiry, bucket_ms, decide, ms, open_counters
 from directory.counters_redis import RedisCounters
@@ -31,6 +28,7 @@ from directory.model import RateDecision, StateUnavailable
 from policyd.checks.rates import Call
 from policyd.redis_native import NativeCounters
 from rules.config import config_from_mapping
+from tests.integration.policyd.conftest import turn
 from tests.integration.servers.redis import RedisServer
 
 T0_MS = 1_800_000_000_000
@@ -107,30 +105,13 @@ ops_st = st.lists(st.one_of(st.lists(message_st, min_size=1, max_size=6).map(lam
                             single_st.map(lambda s: ("single", s))), min_size=1, max_size=8)
 
 
-@pytest.fixture
-def reactor() -> Iterator[Any]:
-    """A private, never-installed reactor that the test turns by hand, closed afterwards."""
-    r: Any = EPollReactor()  # type: ignore[no-untyped-call]
-    yield r
-    r.disconnectAll()
-    for call in r.getDelayedCalls():
-        call.cancel()
-
-
-def _turn(reactor: Any, done: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + 10
-    while not done():
-        assert time.monotonic() < deadline, "no answer in time"
-        reactor.iterate(0.01)
-
-
 def _count_batch(reactor: Any, native: NativeCounters,
                  messages: list[list[Call]]) -> list[list[RateDecision] | StateUnavailable]:
     """Every message handed to ``count`` in the same reactor tick (one script call); answers in order."""
     answers: dict[int, list[RateDecision] | StateUnavailable] = {}
     for i, m in enumerate(messages):
         native.count(m, lambda a, i=i: answers.__setitem__(i, a))  # type: ignore[misc]
-    _turn(reactor, lambda: len(answers) == len(messages))
+    turn(reactor, lambda: len(answers) == len(messages))
     return [answers[i] for i in range(len(messages))]
 
 
@@ -230,7 +211,7 @@ def test_a_refused_message_writes_nothing_at_all(tmp_path: Path, redis_server: R
     def count(calls: list[Call]) -> list[RateDecision] | StateUnavailable:
         got: list[list[RateDecision] | StateUnavailable] = []
         native.count(calls, got.append)
-        _turn(reactor, lambda: bool(got))
+        turn(reactor, lambda: bool(got))
         return got[0]
 
     try:

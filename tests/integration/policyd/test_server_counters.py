@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
-from twisted.internet.epollreactor import EPollReactor
 
 from directory.counters import open_counters
 from directory.model import RateDecision, StateUnavailable
 from policyd.checks.rates import Call
 from policyd.redis_native import NativeCounters
 from rules.config import Config, config_from_mapping
+from tests.integration.policyd.conftest import turn
 from tests.integration.servers.redis import RedisServer
 
 HOUR, DAY = timedelta(hours=1), timedelta(days=1)
@@ -33,32 +31,12 @@ def _config(tmp_path: Path, server: RedisServer, prefix: str, timeout: str = "1s
         "backend": "redis", "url": server.url, "prefix": prefix, "timeout": timeout}})
 
 
-@pytest.fixture
-def reactor() -> Iterator[Any]:
-    """A private, never-installed reactor that the test turns by hand (iterate), closed afterwards."""
-    r: Any = EPollReactor()  # type: ignore[no-untyped-call]
-    yield r
-    r.disconnectAll()
-    for call in r.getDelayedCalls():
-        call.cancel()
-    for reader in list(r._internalReaders):
-        r.removeReader(reader)
-        reader.connectionLost(None)
-
-
-def _turn(reactor: Any, done: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, "no answer in time"
-        reactor.iterate(0.01)
-
-
 def _count_all(reactor: Any, native: NativeCounters, messages: list[list[Call]]) -> list[Answer]:
     """Hand every message to ``count`` in the same reactor tick; their answers, in message order."""
     answers: dict[int, Answer] = {}
     for i, calls in enumerate(messages):
         native.count(calls, lambda a, i=i: answers.__setitem__(i, a))  # type: ignore[misc]
-    _turn(reactor, lambda: len(answers) == len(messages))
+    turn(reactor, lambda: len(answers) == len(messages))
     return [answers[i] for i in range(len(messages))]
 
 

@@ -11,6 +11,7 @@ import stat
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,10 @@ def _wait_for(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condi
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not met within {timeout}s")
         time.sleep(0.05)
+
+
+def _search(pattern: re.Pattern[str], proc: PolicydProcess) -> re.Match[str] | None:
+    return pattern.search(proc.log_text())
 
 
 def _master_pid(proc: PolicydProcess) -> int:
@@ -122,7 +127,7 @@ def _spread(proc: PolicydProcess, endpoint: str, *, each: int, bursts: int = 25)
                 n = next(_TAGS)
                 assert _request(s, _tagged(n)) == b"action=DUNNO\n\n"
                 pattern = re.compile(rf"(\[w(\d+)\] )?policyd: queue_id=\S+ instance=c{n} ")
-                m = _wait_for(lambda p=pattern: p.search(proc.log_text()), what=f"the log line of request c{n}")
+                m = _wait_for(partial(_search, pattern, proc), what=f"the log line of request c{n}")
                 conns.append((s, f"w{m.group(2) or 0}"))
             if all(sum(w == tag for _, w in conns) >= each for tag in ("w0", "w1")):
                 return conns
