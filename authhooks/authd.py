@@ -1,25 +1,24 @@
-"""``congvu authd``: the long-running auth service behind ``congvu-checkpassword`` and the policy server.
+"""The auth service behind ``congvu-checkpassword`` and the Dovecot auth policy server.
 
-A Twisted unix-socket server speaking :mod:`authhooks.wire` (the protocol class only
-buffers; framing is wire's, decisions are :class:`authhooks.service.AuthService`'s),
-the auth policy HTTP server on ``[authhooks] policy_listen``, the password page on
-``[authhooks] web_listen`` (same AuthService and pool: a change decides the very next
-login, CT25-5.2), and a periodic flush of login stamps to the directory
-(``last_login_at``, CT25-6.5).  Password hashing and directory calls run in a dedicated
-thread pool of ``[authhooks] threads`` threads.  An endpoint that cannot be opened stops
-the start with one line naming the setting and the endpoint (:mod:`authhooks.endpoints`).
+A Twisted unix-socket server speaking :mod:`congvu.authhooks.wire` (the protocol class
+only buffers; framing is wire's, decisions are :class:`congvu.authhooks.service.AuthService`'s),
+the auth policy HTTP server on ``[authhooks] policy_listen``, and a periodic flush of login
+stamps to the directory (``last_login_at``, CT25-6.5).  Password hashing and directory
+calls run in a dedicated thread pool of ``[authhooks] threads`` threads, which the
+password page (:mod:`congvu.authhooks.web`) shares when ``congvu serve`` runs both: a
+change there decides the very next login (CT25-5.2).  Endpoints are opened by the
+``listen`` the composition root passes in (one line naming the setting on failure).
 """
 
 from __future__ import annotations
 
-import grp
-import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
@@ -28,16 +27,15 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
-from authhooks import wire
-from authhooks.policy_server import PolicyResource
-from authhooks.service import AuthService, answer, load_secret
-from authhooks.web import PasswordWebService, start_web
-from directory.accounts import hasher_for, open_store
-from directory.counters import LoginStampFlusher, open_counters
-from directory.endpoints import ListenFailed, failure_message, listen, unix_accepts
-from rules.config import Config
+from congvu.authhooks import wire
+from congvu.authhooks.policy_server import PolicyResource
+from congvu.authhooks.service import AuthService, answer, load_secret
+from congvu.authhooks.settings import AuthConfig
+from congvu.directory.accounts import hasher_for, open_store
+from congvu.directory.counters import LoginStampFlusher, open_counters
+from congvu.rules.errors import ProtocolError
 
-log = Logger(namespace="congvu.authd")
+log = Logger()
 
 IDLE_TIMEOUT = 30  # seconds a hook connection may sit idle
 
@@ -66,7 +64,7 @@ class AuthdProtocol(Protocol):
             self._idle.reset(IDLE_TIMEOUT)
         try:
             self.queue.extend(self.decoder.feed(data))
-        except wire.ProtocolError as e:
+        except ProtocolError as e:
             log.warn("authd: dropping a connection that sent a bad frame ({err})", err=str(e))
             self._drop()
             return
@@ -78,7 +76,7 @@ class AuthdProtocol(Protocol):
         payload = self.queue.pop(0)
         try:
             request = wire.AuthRequest.decode(payload)
-        except wire.ProtocolError as e:
+        except ProtocolError as e:
             self._send(wire.AuthReply(wire.TEMPFAIL, message=f"bad request: {e}"))
             return
         self.busy = True
@@ -113,12 +111,12 @@ class AuthdFactory(Factory):
         return AuthdProtocol(self)
 
 
-def socket_path(cfg: Config) -> Path:
+def socket_path(cfg: AuthConfig) -> Path:
     """``[authhooks] socket``, or STATE_DIR/authd.sock."""
     return cfg.state_file(cfg.authhooks.socket, "authd.sock")
 
 
-def build_service(cfg: Config) -> AuthService:
+def build_service(cfg: AuthConfig) -> AuthService:
     """The AuthService of this site with its real stores (the password page reuses the same instance).
 
     The account store is the *uncached* one: a password changed, or an account locked,
@@ -131,47 +129,50 @@ def build_service(cfg: Config) -> AuthService:
                        clock=lambda: datetime.now(UTC))
 
 
-class Authd:
-    """A running auth service (a ``congvu serve`` RunningService): ports, thread pool, stamp flusher."""
+class Authd(Service):
+    """The auth service as a Twisted ``Service`` of ``congvu serve``: socket, policy endpoints, pool, flusher.
+
+    :attr:`ready` fires once it listens (or fails, having closed what it opened).
+    """
 
     name = "authd"
 
-    def __init__(self, cfg: Config, service: AuthService, reactor: Any) -> None:
+    def __init__(self, cfg: AuthConfig, service: AuthService, reactor: Any, *,
+                 listen: Callable[..., defer.Deferred[Any]]) -> None:
         self.cfg, self.service, self.reactor = cfg, service, reactor
+        self.listen = listen
         self.pool = ThreadPool(minthreads=1, maxthreads=cfg.authhooks.threads, name="congvu-authd")
         self.ports: list[Any] = []  # IListeningPort (zope interfaces do not type-check as classes)
         self.listening: list[str] = []
         self.flusher: LoopingCall | None = None
-        self.web: PasswordWebService | None = None
+        self.ready: defer.Deferred[Authd] | None = None
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        self.ready = self.start()
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()  # type: ignore[no-untyped-call]
+        d: defer.Deferred[None] = self.stop()
+        return d
 
     @defer.inlineCallbacks
     def start(self) -> Any:
-        """Listen on the unix socket, the policy endpoints and the page; fires with self (or fails, closed again)."""
+        """Listen on the unix socket and the policy endpoints; fires with self (or fails, closed again)."""
         self.pool.start()
         try:
-            path = socket_path(self.cfg)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if (path.is_socket() or path.exists()) and not unix_accepts(path):
-                path.unlink()  # left by a process that died: nobody answers on it any more
-            try:
-                port = self.reactor.listenUNIX(str(path), AuthdFactory(self.service, self.reactor, self.pool),
-                                               mode=0o660)
-            except CannotListenError as e:
-                raise ListenFailed(failure_message("auth socket", f"unix:{path}", "authhooks.socket", e)) from None
-            self.ports.append(port)
-            os.chmod(path, 0o660)
-            if self.cfg.authhooks.socket_group:
-                os.chown(path, -1, grp.getgrnam(self.cfg.authhooks.socket_group).gr_gid)
-            self.listening.append(f"unix:{path} (congvu-checkpassword)")
+            path = str(socket_path(self.cfg)).replace(":", "\\:")
+            factory = AuthdFactory(self.service, self.reactor, self.pool)
+            self.ports.append((yield self.listen(f"unix:{path}:mode=660", factory, what="auth socket",
+                                                 setting="authhooks.socket", group=self.cfg.authhooks.socket_group,
+                                                 group_setting="authhooks.socket_group")))
+            self.listening.append(f"unix:{socket_path(self.cfg)} (congvu-checkpassword)")
             for endpoint in self.cfg.authhooks.policy_listen:
                 site = Site(PolicyResource(self.service, self.reactor, self.pool))  # type: ignore[no-untyped-call]
                 site.noisy = False
-                self.ports.append((yield listen(self.reactor, endpoint, site, what="auth policy server",
-                                                setting="authhooks.policy_listen")))
+                self.ports.append((yield self.listen(endpoint, site, what="auth policy server",
+                                                     setting="authhooks.policy_listen")))
                 self.listening.append(f"{endpoint} (Dovecot auth policy server)")
-            # The page shares this service and pool: a change here decides the very next login.
-            self.web = yield start_web(self.cfg, self.reactor, self.service, self.pool)
-            self.listening.extend(self.web.listening)
         except Exception:
             yield self.stop()
             raise
@@ -186,28 +187,17 @@ class Authd:
             log.info("authd: listening on {where}", where=line)
         return self
 
-    def reload(self, cfg: Config) -> None:
+    def reload(self, cfg: AuthConfig) -> None:
         """New rules apply to the next login; socket and endpoint changes need a restart."""
         self.service.reconfigure(cfg)
         self.cfg = cfg
-        if self.web is not None:
-            self.web.reload(cfg)
 
     @defer.inlineCallbacks
     def stop(self) -> Any:
+        """Stop listening, the flusher and the pool; a second call does nothing more."""
         if self.flusher is not None and self.flusher.running:
             self.flusher.stop()
-        web, self.web = self.web, None
-        if web is not None:
-            yield web.stop()
         ports, self.ports = self.ports, []
         yield defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports], consumeErrors=True)
         if self.pool.started:
             self.pool.stop()
-
-
-def start(cfg: Config, reactor: Any, service: AuthService | None = None) -> defer.Deferred[Authd]:
-    """The ``congvu serve`` starter: build the service with the real stores and listen."""
-    daemon = Authd(cfg, service or build_service(cfg), reactor)
-    d: defer.Deferred[Authd] = daemon.start()
-    return d

@@ -27,7 +27,8 @@ from __future__ import annotations
 import os
 import sys
 
-from authhooks import wire
+from congvu.authhooks import wire
+from congvu.rules.errors import CongvuError, ProtocolError
 
 EXIT_FAIL = 1
 EXIT_NOUSER = 3
@@ -38,7 +39,7 @@ DEFAULT_CONFIG = "/etc/congvu/congvu.toml"
 SOCKET_ENV = "CONGVU_AUTH_SOCKET"
 
 
-class HookError(Exception):
+class HookError(CongvuError):
     """An internal failure: exit 111 with this one line on stderr."""
 
 
@@ -156,7 +157,7 @@ def ask(path: str, request: wire.AuthRequest, timeout: float) -> wire.AuthReply:
             raise HookError(f"auth service at {path} did not answer within {timeout:g}s") from None
         except OSError as e:
             raise HookError(f"auth service at {path} unavailable: {e.strerror or e}") from None
-        except wire.ProtocolError as e:
+        except ProtocolError as e:
             raise HookError(f"auth service answered garbage: {e}") from None
     finally:
         s.close()
@@ -173,7 +174,7 @@ def run(argv: list[str], environ: os._Environ[str]) -> int:
     data = read_fd3()
     try:
         user, password = wire.parse_fd3(data)
-    except wire.ProtocolError as e:
+    except ProtocolError as e:
         _say(f"refused: {e}")
         return EXIT_NOUSER if lookup else EXIT_FAIL
     sock, timeout = resolve(opts, environ)

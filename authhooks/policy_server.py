@@ -30,7 +30,8 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from authhooks.service import AuthService
+from congvu.authhooks.service import AuthService
+from congvu.rules.errors import ProtocolError
 
 log = Logger(namespace="congvu.authhooks.policy")
 
@@ -38,7 +39,7 @@ MAX_BODY = 16384
 _TRUE = ("yes", "y", "1", "true")
 
 
-class PolicyRequestError(ValueError):
+class PolicyRequestError(ProtocolError):
     """A request Dovecot would never send: bad command, not JSON, missing login."""
 
 

@@ -41,10 +41,11 @@ from pathlib import Path
 
 from twisted.logger import Logger
 
-from authhooks import wire
-from directory.accounts import password_changes
-from directory.hashing import Hasher
-from directory.model import (
+from congvu.authhooks import wire
+from congvu.authhooks.settings import AuthConfig
+from congvu.directory.accounts import password_changes
+from congvu.directory.hashing import Hasher
+from congvu.directory.model import (
     Account,
     AccountNotFound,
     AccountStore,
@@ -52,11 +53,11 @@ from directory.model import (
     DirectoryUnavailable,
     StateUnavailable,
 )
-from rules.config import Config
-from rules.decision import Decision, Verdict
-from rules.lifecycle import AccountState
-from rules.limits import dovecot_quota_rule, effective_quota, message_size_limit
-from rules.passwords import ExpiryState, PasswordCheck, PasswordPolicy, normalize_password, password_state_for
+from congvu.rules.decision import Decision, Verdict
+from congvu.rules.errors import ProtocolError
+from congvu.rules.lifecycle import AccountState
+from congvu.rules.limits import dovecot_quota_rule, effective_quota, message_size_limit
+from congvu.rules.passwords import ExpiryState, PasswordCheck, PasswordPolicy, normalize_password, password_state_for
 
 log = Logger(namespace="congvu.authhooks")
 
@@ -135,10 +136,6 @@ class PolicyAnswer:
     msg: str = ""
 
 
-def _d(verdict: Verdict, rule_id: str, vi: str, en: str) -> Decision:
-    return Decision(verdict, rule_id, text_vi=vi, text_en=en)
-
-
 def load_secret(path: Path) -> bytes:
     """The key for failure fingerprints: read it, or create it (0600) on first start."""
     try:
@@ -159,9 +156,9 @@ def load_secret(path: Path) -> bytes:
 
 
 class AuthService:
-    """The decisions of issue 5 for one site.  Thread-safe as far as its stores are."""
+    """Every login and password-change decision of one site.  Thread-safe as far as its stores are."""
 
-    def __init__(self, cfg: Config, accounts: AccountStore, counters: CounterStore, hasher: Hasher,
+    def __init__(self, cfg: AuthConfig, accounts: AccountStore, counters: CounterStore, hasher: Hasher,
                  secret: bytes, clock: Clock = lambda: datetime.now(UTC)) -> None:
         self.cfg = cfg
         self.accounts = accounts
@@ -176,7 +173,12 @@ class AuthService:
     def __repr__(self) -> str:
         return f"AuthService(site={self.cfg.domain!r})"
 
-    def reconfigure(self, cfg: Config) -> None:
+    def close(self) -> None:
+        """Close the stores (the service is done)."""
+        self.accounts.close()
+        self.counters.close()
+
+    def reconfigure(self, cfg: AuthConfig) -> None:
         """Apply a reloaded config (SIGHUP) to the next decision."""
         self.cfg = cfg
         self._policy = None
@@ -188,7 +190,7 @@ class AuthService:
         """The address a login name stands for (``nvminh`` → ``nvminh@domain``), or None if it cannot exist."""
         try:
             wire.check_login(username)
-        except wire.ProtocolError:
+        except ProtocolError:
             return None
         name = username.strip().lower()
         if "@" not in name:
@@ -241,13 +243,13 @@ class AuthService:
         if account is None:
             self.hasher.dummy_verify()
             self._count_failure(keys, fp, t)
-            return LoginResult(LoginStatus.UNKNOWN_USER, _d(
+            return LoginResult(LoginStatus.UNKNOWN_USER, Decision(
                 Verdict.REJECT, "CT25-3.2", "Sai tên đăng nhập hoặc mật khẩu.", "Wrong user name or password."),
                 address or "")
         ok, new_hash = self.hasher.verify(attempt.password, account.password_hash)
         if not ok:
             self._count_failure(keys, fp, t)
-            return LoginResult(LoginStatus.BAD_PASSWORD, _d(
+            return LoginResult(LoginStatus.BAD_PASSWORD, Decision(
                 Verdict.REJECT, "CT25-3.2", "Sai tên đăng nhập hoặc mật khẩu.", "Wrong user name or password."),
                 account.address, account=account)
         if new_hash:
@@ -268,7 +270,7 @@ class AuthService:
             return LoginResult(LoginStatus.MUST_CHANGE, pstate.reasons[0], account.address, self.userdb(account),
                                account=account)
         if pstate.state is ExpiryState.EXPIRED or account.state is AccountState.PASSWORD_EXPIRED:
-            decision = pstate.reasons[0] if pstate.reasons else _d(
+            decision = pstate.reasons[0] if pstate.reasons else Decision(
                 Verdict.REJECT, self.cfg.origins[f"password.expiry_{account.mailbox_type}"].rule_id,
                 "Mật khẩu đã hết hạn; hãy đổi mật khẩu mới.", "The password has expired; set a new one.")
             return LoginResult(LoginStatus.EXPIRED, decision, account.address, self.userdb(account),
@@ -282,36 +284,36 @@ class AuthService:
             except StateUnavailable as e:
                 log.warn("login of {user} not stamped, state store unavailable ({err}) [CT25-6.5]",
                          user=account.address, err=str(e))
-        return LoginResult(LoginStatus.OK, _d(Verdict.PERMIT, "CT25-3.2", "", ""), account.address,
+        return LoginResult(LoginStatus.OK, Decision(Verdict.PERMIT, "CT25-3.2", "", ""), account.address,
                            self.userdb(account), warning, account=account)
 
     def _disabled(self, account: Account) -> Decision | None:
         st = account.state
         if st is AccountState.LOCKED:
-            return _d(Verdict.REJECT, "CT25-6.4a", "Hộp thư đang bị tạm khóa; liên hệ quản trị hệ thống.",
+            return Decision(Verdict.REJECT, "CT25-6.4a", "Hộp thư đang bị tạm khóa; liên hệ quản trị hệ thống.",
                       "The mailbox is temporarily locked; contact the administrator.")
         if st is AccountState.SUSPENDED:
-            return _d(Verdict.REJECT, "CT15-5.4",
+            return Decision(Verdict.REJECT, "CT15-5.4",
                       "Hộp thư bị tạm ngưng do lâu không đăng nhập; liên hệ quản trị hệ thống.",
                       "The mailbox is suspended after a long time without login; contact the administrator.")
         if st is AccountState.RECLAIMED:
-            return _d(Verdict.REJECT, "CT25-6.5", "Hộp thư đã bị thu hồi.", "The mailbox has been reclaimed.")
+            return Decision(Verdict.REJECT, "CT25-6.5", "Hộp thư đã bị thu hồi.", "The mailbox has been reclaimed.")
         if st is AccountState.CANCELLED:
-            return _d(Verdict.REJECT, "CT25-6.3", "Hộp thư đã bị hủy.", "The mailbox has been cancelled.")
+            return Decision(Verdict.REJECT, "CT25-6.3", "Hộp thư đã bị hủy.", "The mailbox has been cancelled.")
         return None
 
     def _refuse_input(self, password: str) -> Decision | None:
         """Refuse before hashing what no stored password can be: empty, or over max_length."""
         n = self.cfg.password.max_length
         if not password:
-            return _d(Verdict.REJECT, "CT25-3.2", "Mật khẩu trống.", "Empty password.")
+            return Decision(Verdict.REJECT, "CT25-3.2", "Mật khẩu trống.", "Empty password.")
         if len(password) > 4 * n or len(normalize_password(password)) > n:
-            return _d(Verdict.REJECT, "CT25-5.3", f"Mật khẩu dài quá {n} ký tự.",
+            return Decision(Verdict.REJECT, "CT25-5.3", f"Mật khẩu dài quá {n} ký tự.",
                       f"The password is longer than {n} characters.")
         return None
 
     def _unavailable(self, why: str) -> Decision:
-        return _d(Verdict.DEFER, "SUITE", "Tạm thời không xác thực được; thử lại sau.",
+        return Decision(Verdict.DEFER, "SUITE", "Tạm thời không xác thực được; thử lại sau.",
                   f"Authentication temporarily unavailable ({why}); try again later.")
 
     def _rehash(self, account: Account, new_hash: str) -> Account:
@@ -360,7 +362,7 @@ class AuthService:
             until = self.counters.locked_until(key, t)
             if until is not None:
                 what = "tài khoản" if ":user:" in key else "địa chỉ IP"
-                return _d(Verdict.REJECT, "CT25-3.2",
+                return Decision(Verdict.REJECT, "CT25-3.2",
                           f"Đăng nhập sai quá nhiều lần; {what} bị khóa tạm thời.",
                           f"Too many failed logins; locked until {datetime.fromtimestamp(until, UTC):%H:%M:%S} UTC.")
         return None
@@ -408,15 +410,15 @@ class AuthService:
         """A userdb lookup (delivery, doveadm): no password; cancelled and reclaimed mailboxes do not exist."""
         address = self.canonical(username)
         if address is None:
-            return LoginResult(LoginStatus.UNKNOWN_USER, _d(Verdict.REJECT, "SUITE", "", "no such user"))
+            return LoginResult(LoginStatus.UNKNOWN_USER, Decision(Verdict.REJECT, "SUITE", "", "no such user"))
         try:
             account = self.accounts.get(address)
         except DirectoryUnavailable as e:
             return LoginResult(LoginStatus.UNAVAILABLE, self._unavailable(f"directory: {e}"), address)
         if account is None or account.state in (AccountState.CANCELLED, AccountState.RECLAIMED):
-            return LoginResult(LoginStatus.UNKNOWN_USER, _d(Verdict.REJECT, "CT25-6.3", "", "no such mailbox"),
+            return LoginResult(LoginStatus.UNKNOWN_USER, Decision(Verdict.REJECT, "CT25-6.3", "", "no such mailbox"),
                                address)
-        return LoginResult(LoginStatus.OK, _d(Verdict.PERMIT, "SUITE", "", ""), account.address,
+        return LoginResult(LoginStatus.OK, Decision(Verdict.PERMIT, "SUITE", "", ""), account.address,
                            self.userdb(account), account=account)
 
     # ------------------------------------------------------------------ password change
@@ -438,8 +440,8 @@ class AuthService:
         except DirectoryUnavailable as e:
             return ChangeResult(False, (self._unavailable(f"directory: {e}"),), ("unavailable",))
         if account is None:
-            return ChangeResult(False, (_d(Verdict.REJECT, "SUITE", "Không có hộp thư này.", "No such mailbox."),),
-                                ("unknown_user",))
+            return ChangeResult(False, (Decision(Verdict.REJECT, "SUITE", "Không có hộp thư này.",
+                                                 "No such mailbox."),), ("unknown_user",))
         check: PasswordCheck = self.policy().check(new_password, local_part=account.local_part,
                                                    full_name=account.full_name, agency=account.agency)
         if not check.accepted:
@@ -447,7 +449,7 @@ class AuthService:
         keep = self.cfg.password.history
         previous = (account.password_hash, *account.password_history[:keep])
         if self.hasher.matches_any(new_password, previous):
-            return ChangeResult(False, (_d(
+            return ChangeResult(False, (Decision(
                 Verdict.REJECT, self.policy().rule("history"),
                 f"Mật khẩu mới không được trùng mật khẩu hiện tại hoặc {keep} mật khẩu gần nhất.",
                 f"The new password must differ from the current one and the last {keep}."),),

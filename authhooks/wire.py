@@ -14,6 +14,8 @@ so the hook's whole input handling is pure and unit-testable.
 
 from __future__ import annotations
 
+from congvu.rules.errors import ProtocolError
+
 MAX_FRAME = 4096  # a request holds at most 512 bytes of credentials; replies are small
 HEADER = 4
 VERSION = "1"
@@ -36,8 +38,8 @@ TEMPFAIL = "tempfail"  # internal error, directory down: exit 111
 STATUSES = (OK, FAIL, UNKNOWN, TEMPFAIL)
 
 
-class ProtocolError(ValueError):
-    """Malformed input: a frame, a field, or fd 3.  The message never contains a secret."""
+# Malformed input (a frame, a field, or fd 3) raises congvu.rules.errors.ProtocolError; the
+# message never contains a secret.
 
 
 # --------------------------------------------------------------------------- fd 3

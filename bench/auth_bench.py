@@ -59,10 +59,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from directory.accounts import hasher_for, open_store  # noqa: E402
-from directory.endpoints import unix_accepts  # noqa: E402
-from directory.model import Account  # noqa: E402
-from rules.config import load_config  # noqa: E402
+from congvu.directory.accounts import hasher_for, open_store  # noqa: E402
+from congvu.directory.model import Account  # noqa: E402
+from congvu.endpoints import unix_accepts  # noqa: E402
+from congvu.rules.config import load_config  # noqa: E402
 from tests.integration.servers.dovecot import (  # noqa: E402
     CHECKPASSWORD_SNIPPET,
     CONSOLE_HOOK,

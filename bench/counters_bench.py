@@ -21,10 +21,10 @@ from typing import Any
 
 import redis
 
-from directory.counters import open_counters
-from directory.counters_redis import RedisCounters
-from directory.model import CounterStore
-from rules.config import config_from_mapping
+from congvu.config import config_from_mapping
+from congvu.directory.counters import open_counters
+from congvu.directory.counters_redis import RedisCounters
+from congvu.directory.model import CounterStore
 
 T0 = 1_800_000_000.0
 MIN, HOUR, DAY = timedelta(minutes=1), timedelta(hours=1), timedelta(days=1)

@@ -21,12 +21,12 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from directory.accounts import open_store
-from directory.cache import CachedAccountStore
-from directory.hashing import Hasher
-from directory.ldap_store import LdapAccountStore
-from directory.model import Account, AccountStore
-from rules.config import config_from_mapping
+from congvu.config import config_from_mapping
+from congvu.directory.accounts import open_store
+from congvu.directory.cache import CachedAccountStore
+from congvu.directory.hashing import Hasher
+from congvu.directory.ldap_store import LdapAccountStore
+from congvu.directory.model import Account, AccountStore
 from tests.integration.servers.slapd import SlapdServer, ldif_entry
 
 DOMAIN = "cantho.gov.vn"

@@ -295,7 +295,7 @@ def bare_responder(port: int, workers: int = 1) -> None:
                 transport.write(b"action=DUNNO\n\n" * n)
 
     if workers > 1:  # accepted one at a time, as congvu's workers do, or one process takes every connection
-        from policyd.workers import adopt_ports
+        from congvu.policyd.workers import adopt_ports
         adopt_ports(reactor, [os.dup(sock.fileno())], Factory.forProtocol(Bare))
     else:
         reactor.adoptStreamPort(sock.fileno(), socket.AF_INET, Factory.forProtocol(Bare))
@@ -340,9 +340,9 @@ class Servers:
                          for k, v in sorted(stats.items()) if v.get("calls", 0) > 100)
 
     def start_congvu(self) -> int:
-        from directory.accounts import open_store
-        from directory.model import Account
-        from rules.config import load_config
+        from congvu.config import load_config
+        from congvu.directory.accounts import open_store
+        from congvu.directory.model import Account
         from tests.integration.policyd.conftest import PolicydProcess, site_config, write_config
 
         if self.redis is None:

@@ -15,36 +15,37 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from directory.cache import CachedAccountStore
-from directory.hashing import Hasher, rotate_history
-from directory.model import Account, AccountStore
-from rules.config import Config, PasswordSettings
+from congvu.directory.cache import CachedAccountStore
+from congvu.directory.hashing import Hasher, rotate_history
+from congvu.directory.model import Account, AccountStore
+from congvu.directory.settings import StoreConfig
+from congvu.rules.config import PasswordSettings
 
 log = Logger()
 
 
-def sqlite_path(cfg: Config) -> str:
+def sqlite_path(cfg: StoreConfig) -> str:
     """``[directory] path``, or ``state_dir/directory.sqlite3`` when left empty."""
     return str(cfg.state_file(cfg.directory.path, "directory.sqlite3"))
 
 
-def open_store(cfg: Config) -> AccountStore:
+def open_store(cfg: StoreConfig) -> AccountStore:
     """The configured backend, uncached.  Raises DirectoryUnavailable if it cannot be reached."""
     if cfg.directory.backend == "ldap":
-        from directory.ldap_store import LdapAccountStore  # ldap3 only loads where LDAP is used
+        from congvu.directory.ldap_store import LdapAccountStore  # ldap3 only loads where LDAP is used
         store: AccountStore = LdapAccountStore(cfg.directory)
         return store
-    from directory.sqlite_store import SqliteAccountStore
+    from congvu.directory.sqlite_store import SqliteAccountStore
     return SqliteAccountStore(sqlite_path(cfg), timeout=cfg.directory.timeout.total_seconds())
 
 
-def open_accounts(cfg: Config) -> AccountStore:
+def open_accounts(cfg: StoreConfig) -> AccountStore:
     """The configured backend behind the read cache (``cache_size`` entries, ``cache_ttl``)."""
     return CachedAccountStore(open_store(cfg), size=cfg.directory.cache_size,
                               ttl=cfg.directory.cache_ttl.total_seconds())
 
 
-def hasher_for(cfg: Config) -> Hasher:
+def hasher_for(cfg: StoreConfig) -> Hasher:
     """The site's hasher; says so in the log when the cheap test cost is configured."""
     if cfg.directory.hash_cost != "normal":
         log.warn("[directory] hash_cost = {cost!r}: password hashes are cheap to crack; tests and benchmarks only",

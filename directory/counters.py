@@ -22,7 +22,7 @@ from typing import Literal
 
 from twisted.logger import Logger
 
-from directory.model import (
+from congvu.directory.model import (
     AccountNotFound,
     AccountStore,
     CounterStore,
@@ -31,8 +31,9 @@ from directory.model import (
     RateDecision,
     StateUnavailable,
 )
-from rules.config import Config, ConfigError
-from rules.requirements import citation
+from congvu.directory.settings import StoreConfig
+from congvu.rules.errors import ConfigError
+from congvu.rules.requirements import citation
 
 #: Buckets per window: the precision/memory trade-off described above.
 BUCKETS = 60
@@ -181,7 +182,7 @@ def clean_field(s: str) -> str:
 # --------------------------------------------------------------------------- factory
 
 
-def read_password_file(cfg: Config) -> str | None:
+def read_password_file(cfg: StoreConfig) -> str | None:
     """The Redis password from ``state.password_file`` (first line), or None when unset."""
     path = cfg.state.password_file
     if not path:
@@ -196,12 +197,12 @@ def read_password_file(cfg: Config) -> str | None:
     return line
 
 
-def open_counters(cfg: Config) -> CounterStore:
+def open_counters(cfg: StoreConfig) -> CounterStore:
     """The counter store the config names (``[state] backend``)."""
     if cfg.state.backend == "redis":
-        from directory.counters_redis import RedisCounters
+        from congvu.directory.counters_redis import RedisCounters
         return RedisCounters.from_config(cfg)
-    from directory.counters_sqlite import SqliteCounters
+    from congvu.directory.counters_sqlite import SqliteCounters
     return SqliteCounters(cfg.state_file(cfg.state.path, "state.sqlite3"),
                           timeout=cfg.state.timeout.total_seconds())
 

@@ -26,7 +26,7 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel
 from twisted.logger import Logger
 
-from directory.counters import (
+from congvu.directory.counters import (
     BUCKETS,
     MAX_FINGERPRINTS,
     Mode,
@@ -41,8 +41,9 @@ from directory.counters import (
     specs,
     window_ms,
 )
-from directory.model import LoginStamp, RateDecision, StateUnavailable
-from rules.config import Config, ConfigError
+from congvu.directory.model import LoginStamp, RateDecision, StateUnavailable
+from congvu.directory.settings import StoreConfig
+from congvu.rules.errors import ConfigError
 
 T = TypeVar("T")
 _log = Logger(namespace="congvu.counters.redis")
@@ -237,7 +238,7 @@ return out
 _HOSTPORT = re.compile(r"^\[?(?P<host>[^\]]+?)\]?:(?P<port>\d{1,5})$")
 
 
-def _sentinel_address(cfg: Config, entry: str) -> tuple[str, int]:
+def _sentinel_address(cfg: StoreConfig, entry: str) -> tuple[str, int]:
     m = _HOSTPORT.match(entry.strip())
     if m is None:
         raise ConfigError(cfg.path, "state.sentinels", f"expected host:port, got {entry!r}")
@@ -262,7 +263,7 @@ class RedisCounters:
         return f"RedisCounters({self.where!r}, prefix={self.prefix!r})"
 
     @classmethod
-    def from_config(cls, cfg: Config) -> RedisCounters:
+    def from_config(cls, cfg: StoreConfig) -> RedisCounters:
         """Build the client from ``[state]``: URL, optional Sentinels, password file, timeout."""
         st = cfg.state
         try:
@@ -284,8 +285,8 @@ class RedisCounters:
                 sentinels = [_sentinel_address(cfg, s) for s in st.sentinels]
                 opts.pop("host", None)
                 opts.pop("port", None)
-                manager = Sentinel(sentinels, sentinel_kwargs=dict(bounded), **opts, **bounded)  # type: ignore[no-untyped-call]
-                client = manager.master_for(st.sentinel_service, **bounded)  # type: ignore[no-untyped-call]
+                manager = Sentinel(sentinels, sentinel_kwargs=dict(bounded), **opts, **bounded)
+                client = manager.master_for(st.sentinel_service, **bounded)
                 where = f"sentinel service {st.sentinel_service}"
             else:
                 client = redis.Redis(**opts, **bounded)

@@ -17,7 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
-from directory.counters import (
+from congvu.directory.counters import (
     MAX_FINGERPRINTS,
     Mode,
     WindowSpec,
@@ -30,7 +30,7 @@ from directory.counters import (
     specs,
     window_ms,
 )
-from directory.model import LoginStamp, RateDecision, StateUnavailable
+from congvu.directory.model import LoginStamp, RateDecision, StateUnavailable
 
 SCHEMA_VERSION = 1
 SWEEP_EVERY_MS = 60_000

@@ -25,7 +25,7 @@ from typing import Literal
 from passlib.context import CryptContext
 from twisted.logger import Logger
 
-from rules.passwords import normalize_password  # the same NFC the policy check judges
+from congvu.rules.passwords import normalize_password  # the same NFC the policy check judges
 
 log = Logger()
 

@@ -48,7 +48,7 @@ from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn
 from twisted.logger import Logger
 
-from directory.model import (
+from congvu.directory.model import (
     UPDATABLE,
     Account,
     AccountExists,
@@ -58,9 +58,10 @@ from directory.model import (
     lookup_key,
     normalise,
 )
-from rules.config import MAILBOX_TYPES, DirectorySettings
-from rules.lifecycle import AccountState
-from rules.requirements import citation
+from congvu.directory.settings import DirectorySettings
+from congvu.rules.config import MAILBOX_TYPES
+from congvu.rules.lifecycle import AccountState
+from congvu.rules.requirements import citation
 
 log = Logger(namespace="congvu.directory.ldap")
 

@@ -12,15 +12,16 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
-from rules.config import MAILBOX_TYPES, MailboxType
-from rules.lifecycle import AccountState
+from congvu.rules.config import MAILBOX_TYPES, MailboxType
+from congvu.rules.errors import CongvuError, Unavailable
+from congvu.rules.lifecycle import AccountState
 
 
-class DirectoryError(Exception):
+class DirectoryError(CongvuError):
     """Base of every account-store error."""
 
 
-class DirectoryUnavailable(DirectoryError):
+class DirectoryUnavailable(DirectoryError, Unavailable):
     """The backend did not answer in time or refused the connection."""
 
 
@@ -32,7 +33,7 @@ class AccountExists(DirectoryError):
     pass
 
 
-class StateUnavailable(Exception):
+class StateUnavailable(Unavailable):
     """The counter store did not answer within its timeout."""
 
 

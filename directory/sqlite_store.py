@@ -26,7 +26,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from directory.model import (
+from congvu.directory.model import (
     DATE_FIELDS,
     UPDATABLE,
     Account,
@@ -37,7 +37,7 @@ from directory.model import (
     lookup_key,
     normalise,
 )
-from rules.lifecycle import AccountState
+from congvu.rules.lifecycle import AccountState
 
 log = Logger()
 

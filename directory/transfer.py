@@ -25,18 +25,19 @@ from typing import Any, TextIO
 
 from ldap3.utils.dn import escape_rdn
 
-from directory.ldap_store import gtime, hash_from_ldap, hash_to_ldap, parse_gtime
-from directory.model import DATE_FIELDS, Account
-from rules.config import MAILBOX_TYPES
-from rules.lifecycle import AccountState
-from rules.units import parse_size
+from congvu.directory.ldap_store import gtime, hash_from_ldap, hash_to_ldap, parse_gtime
+from congvu.directory.model import DATE_FIELDS, Account
+from congvu.rules.config import MAILBOX_TYPES
+from congvu.rules.errors import InvalidInput
+from congvu.rules.lifecycle import AccountState
+from congvu.rules.units import parse_size
 
 FORMATS = ("csv", "ldif")
 FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Account))
 _LISTS = {"aliases", "delegates", "password_history"}
 
 
-class TransferError(Exception):
+class TransferError(InvalidInput):
     """A record that cannot be read: ``where: reason``."""
 
 

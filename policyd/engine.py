@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 
 from twisted.python.failure import Failure
 
-from directory.model import DirectoryUnavailable, StateUnavailable
-from policyd.checks import CHECK_NAMES, CHECKS, Check, Context, Result
-from policyd.protocol import PolicyRequest, bounded_action
-from rules.decision import Decision, Language, Verdict
-from rules.requirements import citation
+from congvu.directory.model import DirectoryUnavailable, StateUnavailable
+from congvu.policyd.checks import CHECK_NAMES, CHECKS, Check, Context, Result
+from congvu.policyd.protocol import PolicyRequest, bounded_action
+from congvu.rules.decision import Decision, Language, Verdict
+from congvu.rules.requirements import citation
 
 
 @dataclass(frozen=True, slots=True)

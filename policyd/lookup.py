@@ -12,7 +12,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
-from directory.model import Account, AccountStore, DirectoryUnavailable
+from congvu.directory.model import Account, AccountStore, DirectoryUnavailable
 
 
 def normalise(address: str) -> str:

@@ -14,8 +14,10 @@ from itertools import repeat
 from operator import itemgetter
 from typing import Any, NamedTuple
 
+from congvu.rules.errors import ProtocolError
 
-class PolicyProtocolError(Exception):
+
+class PolicyProtocolError(ProtocolError):
     """The bytes are not a policy request we accept; the parser is dead afterwards."""
 
 

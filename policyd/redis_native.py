@@ -40,7 +40,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from directory.counters import (
+from congvu.directory.counters import (
     BUCKETS,
     WindowSpec,
     bucket_ms,
@@ -50,11 +50,12 @@ from directory.counters import (
     read_password_file,
     specs,
 )
-from directory.counters_redis import COUNTER_LIB, COUNTER_LUA
-from directory.model import RateDecision, StateUnavailable
-from policyd.checks.rates import Call
-from policyd.sendnow import Sender
-from rules.config import Config
+from congvu.directory.counters_redis import COUNTER_LIB, COUNTER_LUA
+from congvu.directory.model import RateDecision, StateUnavailable
+from congvu.policyd.checks.rates import Call
+from congvu.policyd.sendnow import Sender
+from congvu.policyd.settings import PolicydConfig
+from congvu.rules.errors import CongvuError
 
 log = Logger(namespace="congvu.policyd.redis")
 
@@ -145,13 +146,13 @@ _EXACT = 2**53
 #: Messages per script call at most, so one call never holds Redis for long.
 MAX_BATCH = 64
 
-#: What a pending call is told: the reply (a RedisError value included) or the exception that ended it.
+#: What a pending call is told: the reply (a ErrorReply value included) or the exception that ended it.
 Reply = Callable[[Any], None]
 #: What ``count`` tells its caller: one RateDecision per key answered, or why there is none.
 Done = Callable[[list[RateDecision] | StateUnavailable], None]
 
 
-class RedisError(Exception):
+class ErrorReply(CongvuError):
     """An error reply (``-ERR ...``)."""
 
 
@@ -175,7 +176,7 @@ def encode(*args: bytes | str | int) -> bytes:
 
 
 class RespParser:
-    """Incremental RESP2 reply parser: bytes in, complete replies out (errors as RedisError values)."""
+    """Incremental RESP2 reply parser: bytes in, complete replies out (errors as ErrorReply values)."""
 
     def __init__(self) -> None:
         self.buf = b""
@@ -210,7 +211,7 @@ class RespParser:
         if kind == b"+":
             return line.decode(), pos
         if kind == b"-":
-            return RedisError(line.decode(errors="replace")), pos
+            return ErrorReply(line.decode(errors="replace")), pos
         if kind == b"$":
             n = int(line)
             if n < 0:
@@ -293,7 +294,7 @@ class NativeCounters:
     """The rate check's counters on Redis from the reactor: ``count`` (batched), ``hit_if_below``/``peek``."""
 
     @staticmethod
-    def supported(cfg: Config) -> bool:
+    def supported(cfg: PolicydConfig) -> bool:
         from redis.connection import SSLConnection, parse_url
         if cfg.state.backend != "redis" or cfg.state.sentinels:
             return False
@@ -303,7 +304,7 @@ class NativeCounters:
             return False
         return opts.get("connection_class") is not SSLConnection
 
-    def __init__(self, cfg: Config, reactor: Any) -> None:
+    def __init__(self, cfg: PolicydConfig, reactor: Any) -> None:
         from redis.connection import UnixDomainSocketConnection, parse_url
         opts = parse_url(cfg.state.url)  # type: ignore[no-untyped-call]
         self.reactor = reactor
@@ -364,11 +365,11 @@ class NativeCounters:
             if self.password is not None:
                 auth = ("AUTH", self.username, self.password) if self.username else ("AUTH", self.password)
                 r = yield conn.send(*auth).addTimeout(self.timeout, self.reactor)
-                if isinstance(r, RedisError):
+                if isinstance(r, ErrorReply):
                     raise StateUnavailable(f"redis {self.where}: AUTH refused")
             if self.db:
                 r = yield conn.send("SELECT", self.db).addTimeout(self.timeout, self.reactor)
-                if isinstance(r, RedisError):
+                if isinstance(r, ErrorReply):
                     raise StateUnavailable(f"redis {self.where}: SELECT {self.db}: {r}")
         except Exception as e:
             self._mark_down()
@@ -419,11 +420,11 @@ class NativeCounters:
         data = encode_strs(["EVALSHA", sha, str(len(keys)), *keys, *args], blob)
 
         def finish(r: Any) -> None:
-            done(StateUnavailable(f"redis {self.where}: {r}") if isinstance(r, RedisError) else r)
+            done(StateUnavailable(f"redis {self.where}: {r}") if isinstance(r, ErrorReply) else r)
 
         def send(conn: _Resp) -> None:
             def got(r: Any) -> None:
-                if isinstance(r, RedisError) and str(r).startswith("NOSCRIPT") and conn.connected:
+                if isinstance(r, ErrorReply) and str(r).startswith("NOSCRIPT") and conn.connected:
                     conn.call(encode_strs(["EVAL", script, str(len(keys)), *keys, *args], blob), finish)
                 else:
                     finish(r)

@@ -14,13 +14,12 @@ when the socket has room, :mod:`policyd.sendnow`); see docs/benchmarks.md for th
 
 from __future__ import annotations
 
-import re
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IAddress, IListeningPort
 from twisted.internet.protocol import Factory, Protocol
@@ -32,22 +31,20 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from directory.endpoints import listen
-from directory.model import AccountStore, CounterStore, DirectoryUnavailable, RateDecision, StateUnavailable
-from policyd.checks.base import Context, CountedInstances, Result
-from policyd.checks.rates import RatesCheck
-from policyd.engine import Engine, Evaluation, Pending
-from policyd.lookup import AccountLookup
-from policyd.protocol import DUNNO_REPLY, PolicyParser, PolicyProtocolError, PolicyRequest, format_reply
-from policyd.redis_native import NativeCounters
-from policyd.sendnow import Sender
-from policyd.stats import Stats
-from rules.config import Config, ConfigError, check_listen
+from congvu.directory.model import AccountStore, CounterStore, DirectoryUnavailable, RateDecision, StateUnavailable
+from congvu.policyd.checks.base import Context, CountedInstances, Result
+from congvu.policyd.checks.rates import RatesCheck
+from congvu.policyd.engine import Engine, Evaluation, Pending
+from congvu.policyd.lookup import AccountLookup
+from congvu.policyd.protocol import DUNNO_REPLY, PolicyParser, PolicyProtocolError, PolicyRequest, format_reply
+from congvu.policyd.redis_native import NativeCounters
+from congvu.policyd.sendnow import Sender
+from congvu.policyd.settings import PolicydConfig, check_listen
+from congvu.policyd.stats import Stats
+from congvu.policyd.workers import WorkerPool, adopt_ports
+from congvu.rules.errors import ConfigError
 
-if TYPE_CHECKING:
-    from policyd.workers import WorkerPool
-
-log = Logger(namespace="congvu.policyd")
+log = Logger()
 _INFO = LogLevel.info
 _now = time.time
 
@@ -61,7 +58,7 @@ def _observe(event: dict[str, Any]) -> None:
 MAX_QUEUED = 64
 
 
-def open_stores(cfg: Config) -> tuple[AccountStore | None, str, CounterStore | None, str]:
+def open_stores(cfg: PolicydConfig) -> tuple[AccountStore | None, str, CounterStore | None, str]:
     """The directory (uncached: :class:`AccountLookup` caches) and the counter store.
 
     A store that cannot be opened is None with the reason: the server still starts, size
@@ -71,27 +68,18 @@ def open_stores(cfg: Config) -> tuple[AccountStore | None, str, CounterStore | N
     counters: CounterStore | None = None
     a_reason = c_reason = ""
     try:
-        from directory.accounts import open_store
+        from congvu.directory.accounts import open_store
         accounts = open_store(cfg)
     except Exception as e:
         a_reason = f"directory ({cfg.directory.backend}) not opened: {e}"
         log.error("policyd: {reason}; account checks apply their failure policy until a reload", reason=a_reason)
     try:
-        from directory.counters import open_counters
+        from congvu.directory.counters import open_counters
         counters = open_counters(cfg)
     except Exception as e:
         c_reason = f"counter store ({cfg.state.backend}) not opened: {e}"
         log.error("policyd: {reason}; rate limits apply their failure policy until a reload", reason=c_reason)
     return accounts, a_reason, counters, c_reason
-
-
-def _unix_path(endpoint: str) -> str | None:
-    """The socket path of a ``unix:PATH[:opts]`` endpoint (``\\:`` escapes a colon)."""
-    if not endpoint.startswith("unix:"):
-        return None
-    parts = re.split(r"(?<!\\):", endpoint[5:])
-    path = parts[0].replace("\\:", ":")
-    return path[5:] if path.startswith("path=") else path
 
 
 def describe(addr: IAddress) -> str:
@@ -316,18 +304,33 @@ class _QuietSite(Site):
         pass
 
 
-class PolicyService:
+#: ``listen(endpoint, factory, what=…, setting=…)`` → Deferred firing with the port (congvu.endpoints.Listener).
+Listen = Callable[..., "defer.Deferred[Any]"]
+#: ``worker_argv(index, socket_fds)`` → the command line of worker ``index`` (the composition root knows it).
+WorkerArgv = Callable[[int, Sequence[int]], list[str]]
+
+
+class PolicyService(Service):
     """The running policy server: its config, engine, ports, connections and counters.
 
+    A Twisted ``Service``: ``congvu serve`` starts it with the others; :attr:`ready` fires
+    once it listens (or fails, having closed what it opened).  ``listen`` opens endpoints
+    (required to start); ``worker_argv`` starts ``[policyd] workers`` > 1 processes;
     ``adopt``: listening socket descriptors inherited from the master, served instead of
     ``[policyd] listen`` (a worker process, :mod:`policyd.workers`; no stats port either).
     """
 
     name = "policyd"
 
-    def __init__(self, cfg: Config, reactor: Any, *, clock: Callable[[], float] = time.time,
+    def __init__(self, cfg: PolicydConfig, reactor: Any, *, listen: Listen | None = None,
+                 worker_argv: WorkerArgv | None = None, clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic, adopt: Sequence[int] = ()) -> None:
         self.cfg = cfg
+        self.listen = listen
+        self.worker_argv = worker_argv
+        #: The workers' environment (None: this process's).
+        self.worker_env: dict[str, str] | None = None
+        self.ready: defer.Deferred[PolicyService] | None = None
         self.adopt = tuple(adopt)
         #: The listening ports of ``[policyd] listen`` (without stats_listen): what workers share.
         self.policy_ports: list[tuple[str, IListeningPort]] = []
@@ -347,10 +350,11 @@ class PolicyService:
         self.engine = self._build(cfg, None)
         self._sweeper = LoopingCall(self._sweep)
         self._sweeper.clock = reactor
+        self._stopped = False
 
     # ------------------------------------------------------------------ engine
 
-    def _build(self, cfg: Config, old: Engine | None) -> Engine:
+    def _build(self, cfg: PolicydConfig, old: Engine | None) -> Engine:
         octx = old.ctx if old is not None else None
         if octx is not None and octx.cfg.directory == cfg.directory and octx.cfg.state == cfg.state \
                 and octx.cfg.state_dir == cfg.state_dir:
@@ -411,15 +415,25 @@ class PolicyService:
 
     # ------------------------------------------------------------------ lifecycle
 
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        self.ready = self.start()
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()  # type: ignore[no-untyped-call]
+        d: defer.Deferred[None] = self.stop()
+        return d
+
     @defer.inlineCallbacks
     def start(self) -> Any:
         """Listen on every endpoint; fires with self, or fails (having closed what it opened)."""
+        if self.listen is None and not self.adopt:
+            raise RuntimeError("PolicyService.start needs listen= (congvu.endpoints.Listener)")
         check_listen(self.cfg)
         self.pool.start()
         p = self.cfg.policyd
         try:
             if self.adopt:
-                from policyd.workers import adopt_ports
                 for adopted in adopt_ports(self.reactor, self.adopt, PolicyFactory(self)):
                     self.ports.append(adopted)
                     self.listening.append(describe(adopted.getHost()))
@@ -432,9 +446,11 @@ class PolicyService:
                 port = yield self._listen(endpoint, site, "policy stats", "policyd.stats_listen")
                 self.listening.append(f"{endpoint} ({describe(port.getHost())}, /metrics)")
             if p.workers > 1 and not self.adopt:
-                from policyd.workers import WorkerPool
-                self.workers = WorkerPool(self)
-                self.workers.start()
+                if self.worker_argv is None:
+                    raise RuntimeError("[policyd] workers > 1 needs worker_argv= from the composition root")
+                self.workers = WorkerPool(self.reactor, p.workers, self.policy_ports, PolicyFactory(self),
+                                          self.stats, self.worker_argv, self.worker_env)
+                self.ports.extend(self.workers.start())
         except Exception:
             yield self.stop()
             raise
@@ -445,15 +461,17 @@ class PolicyService:
 
     @defer.inlineCallbacks
     def _listen(self, endpoint: str, factory: Factory, what: str, setting: str) -> Any:
-        path = _unix_path(endpoint)
-        if path:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        port = yield listen(self.reactor, endpoint, factory, what=what, setting=setting)
+        assert self.listen is not None
+        port = yield self.listen(endpoint, factory, what=what, setting=setting)
         self.ports.append(port)
         return port
 
     @defer.inlineCallbacks
     def stop(self) -> Any:
+        """Close ports, connections, workers and stores; a second call does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self._sweeper.running:
             self._sweeper.stop()
         ports: list[Any] = self.ports
@@ -472,7 +490,7 @@ class PolicyService:
         if self.engine.ctx.counters is not None:
             self.engine.ctx.counters.close()
 
-    def reload(self, cfg: Config) -> None:
+    def reload(self, cfg: PolicydConfig) -> None:
         """Switch to a new, already validated config; listen changes need a restart."""
         if self.workers is not None:  # each worker rereads the same file itself (SIGHUP)
             self.workers.reload()
@@ -517,8 +535,3 @@ class PolicyService:
                 self.stats.timeouts += 1
                 conn.close(f"idle for {idle_t:g}s (idle_timeout)")
 
-
-def start(cfg: Config, reactor: Any) -> defer.Deferred[PolicyService]:
-    """Service starter for ``congvu serve`` / ``congvu policyd``: listening when the Deferred fires."""
-    d: defer.Deferred[PolicyService] = PolicyService(cfg, reactor).start()
-    return d

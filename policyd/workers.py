@@ -1,10 +1,10 @@
-"""Several policyd processes sharing the listening sockets (``[policyd] workers``, issue 4).
+"""Several policyd processes sharing the listening sockets (``[policyd] workers``).
 
 One Twisted reactor is one core: at ~120 µs of CPU per request the policy server is bound
 by a single core.  Postfix holds its policy connections open, so spreading *connections*
 over processes spreads the load: the process running ``congvu policyd``/``congvu serve``
-(the master, worker 0) listens as usual, then starts ``workers - 1`` children of the same
-interpreter (``congvu policyd --worker N --worker-fds ...``) that inherit its listening
+(the master, worker 0) listens as usual, then starts ``workers - 1`` children (the command
+line comes from the composition root: ``congvu policyd --worker N --worker-fds ...``) that inherit its listening
 sockets and accept on them too, one connection per wake-up (:class:`_OneAccept`), the
 master through a duplicate of each socket.  Each process has its own directory and counter
 connections, account cache and CountedInstances: every request of one message comes over
@@ -15,7 +15,7 @@ Child descriptors (set up by ``reactor.spawnProcess``):
 * 0, the control pipe, written by nobody: EOF means the master is gone (even SIGKILLed),
   and the child stops;
 * 1 and 2, the master's stderr: log lines, tagged ``[wN]``, written whole and at most
-  PIPE_BUF bytes at a time (:func:`directory.cmd_serve.write_lines`) so lines never mix;
+  PIPE_BUF bytes at a time (:func:`congvu.logging.write_lines`) so lines never mix;
 * 3, the stats pipe: a JSON line ``{"stats": {...}}`` (:meth:`policyd.stats.Stats.to_dict`)
   about once a second; the master's ``/metrics`` renders the sum and a per-worker series;
 * 4 onwards, the listening sockets of ``[policyd] listen`` (TCP, TCP6 or unix; ``ssl:``
@@ -31,18 +31,15 @@ needs a restart (a reload logs so).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
-import signal
 import socket
 import stat
-import sys
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from twisted.application.service import Service
 from twisted.internet import defer, tcp, unix
 from twisted.internet.error import ProcessDone, ProcessTerminated, ReactorNotRunning
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
@@ -50,14 +47,10 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from directory.cli import EXIT_OK, EXIT_REFUSED, UsageError, config_for
-from directory.output import Output
-from policyd.stats import Stats
-from rules.profiles import DEFAULT_PROFILE
+from congvu.policyd.stats import Stats
 
-log = Logger(namespace="congvu.policyd")
+log = Logger()
 
-CLI = "import sys; from directory.cli import main; sys.exit(main())"
 CONTROL_FD = 0
 STATS_FD = 3
 FIRST_SOCKET_FD = 4
@@ -191,73 +184,43 @@ class _Control(Protocol):
             self.reactor.stop()
 
 
-def parse_fds(text: str) -> tuple[int, ...]:
-    try:
-        fds = tuple(int(x) for x in text.split(",") if x)
-    except ValueError:
-        raise UsageError(f"--worker-fds: expected descriptors such as 4,5, got {text!r}") from None
-    if not fds or min(fds) < FIRST_SOCKET_FD:
-        raise UsageError(f"--worker-fds: expected descriptors from {FIRST_SOCKET_FD} up, got {text!r}")
-    return fds
+class WorkerControl(Service):
+    """A child's ends of its pipes: stop when the master is gone, send stats snapshots.
 
+    The composition root adds it beside the child's PolicyService; :meth:`serving` is called
+    once the service listens and the child's SIGHUP handler is in place: only then may the
+    first snapshot go, since the master forwards SIGHUP to a child after its first snapshot.
+    """
 
-def run_worker(args: argparse.Namespace, out: Output) -> int:
-    """``congvu policyd --worker N --worker-fds 4,5``: serve the inherited sockets until told to stop."""
-    from twisted.internet import reactor as _reactor
-    from twisted.internet.stdio import StandardIO
+    name = "worker-control"
 
-    from directory.cmd_serve import reread, start_logging
-    from policyd.server import PolicyService
+    def __init__(self, reactor: Any, index: int, stats: Callable[[], Stats],
+                 listening: Callable[[], list[str]]) -> None:
+        self.reactor, self.index, self.stats, self.ports = reactor, index, stats, listening
+        self.control = _Control(reactor)
+        self._pipe: Any = None
+        self._snapshots = LoopingCall(self._send)
+        self._snapshots.clock = reactor
 
-    index, fds = int(args.worker), parse_fds(args.worker_fds or "")
-    cfg = config_for(args)  # a refused file: one line on stderr, exit 1, the master retries later
-    path, profile = args.config, args.profile
-    reactor: Any = _reactor
-    logbuf = start_logging(reactor=reactor, tag=f"w{index}")
-    service = PolicyService(cfg, reactor, adopt=fds)
-    exit_code = [EXIT_OK]
-    control = _Control(reactor)
-    pipe: list[Any] = []
-
-    def send() -> None:
-        if pipe:
-            pipe[0].write(json.dumps({"stats": service.stats.to_dict()}, separators=(",", ":")).encode() + b"\n")
-
-    snapshots = LoopingCall(send)
-    snapshots.clock = reactor
-
-    def reload() -> None:
-        new = reread(path, profile, log)
-        if new is not None:
-            service.reload(new)
-
-    def started(_: Any) -> None:
-        log.info("policyd: worker {n} (pid {pid}) serving {ports}", n=index, pid=os.getpid(),
-                 ports=", ".join(service.listening))
-        # The handler before the first snapshot: the master forwards SIGHUP only after that one.
-        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(reload))
-        snapshots.start(SNAPSHOT_INTERVAL, now=True)
-        reactor.addSystemEventTrigger("before", "shutdown", service.stop)
-
-    def failed(f: Failure) -> None:
-        log.error("policyd: worker {n} cannot start: {err}", n=index, err=f.getErrorMessage())
-        exit_code[0] = EXIT_REFUSED
-        with contextlib.suppress(ReactorNotRunning):
-            reactor.stop()
-
-    def go() -> None:
-        # Ctrl-C in a terminal reaches the whole process group: the master decides when workers stop.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    def startService(self) -> None:
+        from twisted.internet.stdio import StandardIO
+        super().startService()  # type: ignore[no-untyped-call]
         stdio: Any = StandardIO
-        pipe.append(stdio(control, stdin=CONTROL_FD, stdout=STATS_FD, reactor=reactor))
-        service.start().addCallbacks(started, failed)
+        self._pipe = stdio(self.control, stdin=CONTROL_FD, stdout=STATS_FD, reactor=self.reactor)
 
-    reactor.callWhenRunning(go)
-    reactor.run()
-    if snapshots.running:
-        snapshots.stop()
-    logbuf.close()
-    return exit_code[0]
+    def serving(self) -> None:
+        log.info("policyd: worker {n} (pid {pid}) serving {ports}", n=self.index, pid=os.getpid(),
+                 ports=", ".join(self.ports()))
+        self._snapshots.start(SNAPSHOT_INTERVAL, now=True)
+
+    def _send(self) -> None:
+        if self._pipe is not None:
+            self._pipe.write(json.dumps({"stats": self.stats().to_dict()}, separators=(",", ":")).encode() + b"\n")
+
+    def stopService(self) -> None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        if self._snapshots.running:
+            self._snapshots.stop()
 
 
 # --------------------------------------------------------------------------- the master side
@@ -318,14 +281,26 @@ class _Child(ProcessProtocol):
 
 
 class WorkerPool:
-    """The master's children: spawned once it listens, restarted when they die, stopped with it."""
+    """The master's children: spawned once it listens, restarted when they die, stopped with it.
 
-    def __init__(self, service: Any, *, executable: str = sys.executable) -> None:
-        from policyd.server import PolicyService
-        self.service: PolicyService = service
-        self.reactor: Any = service.reactor
-        self.executable = executable
-        self.size = service.cfg.policyd.workers
+    What it needs of the master, and no more: the reactor, ``size`` processes in all,
+    ``ports`` (``[policyd] listen`` endpoint → listening port) to share, the ``factory`` its
+    own share of the connections is served with, the master's ``stats`` (summed into
+    ``/metrics``), ``argv(index, fds)`` (a child's command line, from the composition root)
+    and the environment children get.
+    """
+
+    def __init__(self, reactor: Any, size: int, ports: Sequence[tuple[str, Any]], factory: Factory, stats: Stats,
+                 argv: Callable[[int, Sequence[int]], list[str]], env: dict[str, str] | None = None) -> None:
+        self.reactor = reactor
+        self.size = size
+        self.factory = factory
+        self.stats = stats
+        self.argv = argv
+        self.env = env
+        self.ports = list(ports)
+        #: The master's own one-at-a-time ports on duplicates of the shared sockets (once started).
+        self.adopted: list[Any] = []
         self.children: dict[int, _Child] = {}
         #: Counters of children that ended, so the sums in /metrics never go down.
         self.retired = Stats()
@@ -336,41 +311,29 @@ class WorkerPool:
         self._stopped: defer.Deferred[None] | None = None
         self._kill: Any = None
         #: The shared sockets: ``[policyd] listen`` (ssl: endpoints stay with the master: TLS is set up there).
-        self.shared = [(ep, port) for ep, port in service.policy_ports if not ep.startswith("ssl:")]
+        self.shared = [(ep, port) for ep, port in self.ports if not ep.startswith("ssl:")]
 
-    def start(self) -> None:
-        skipped = [ep for ep, _ in self.service.policy_ports if ep.startswith("ssl:")]
+    def start(self) -> list[Any]:
+        """Spawn the children; returns the ports the master now accepts on (its one-at-a-time duplicates)."""
+        skipped = [ep for ep, _ in self.ports if ep.startswith("ssl:")]
         if skipped:
             log.warn("policyd: {eps} served by the master only (workers share plain sockets only)",
                      eps=", ".join(skipped))
         if not self.shared:
             log.warn("policyd: [policyd] workers = {w} but no plain listen endpoint to share: one process",
                      w=self.size)
-            return
+            return []
         log.info("policyd: starting {n} worker process(es) besides this one ([policyd] workers = {w})",
                  n=self.size - 1, w=self.size)
         # The master too accepts one connection at a time: through a shared port on a duplicate of
         # each socket; its own port stops reading but stays, to remove a unix socket file at stop.
-        from policyd.server import PolicyFactory
         fds = [os.dup(port.fileno()) for _, port in self.shared]
-        self.service.ports.extend(adopt_ports(self.reactor, fds, PolicyFactory(self.service)))
+        self.adopted = adopt_ports(self.reactor, fds, self.factory)
         for _, port in self.shared:
             port.stopReading()
         for index in range(1, self.size):
             self._spawn(index)
-
-    def _argv(self, index: int, fds: Sequence[int]) -> list[str]:
-        cfg = self.service.cfg
-        argv = [self.executable, "-c", CLI, "policyd", "--worker", str(index),
-                "--worker-fds", ",".join(map(str, fds))]
-        # The master's own inputs, so a restarted child resolves the profile as the master's next
-        # reload would: a profile line in the file wins anyway; otherwise only a --profile other
-        # than the default changed it.
-        if cfg.origins["profile"].source != "file" and cfg.profile.name != DEFAULT_PROFILE:
-            argv += ["--profile", cfg.profile.name]
-        if cfg.path != "<defaults>":
-            argv += ["--config", cfg.path]
-        return argv
+        return self.adopted
 
     def _spawn(self, index: int) -> None:
         self._restarts.pop(index, None)
@@ -380,12 +343,10 @@ class WorkerPool:
         child_fds: dict[int, int | str] = {CONTROL_FD: "w", 1: 2, 2: 2, STATS_FD: "r"}
         for fd, (_, port) in zip(fds, self.shared, strict=True):
             child_fds[fd] = port.fileno()
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[1])  # `directory` and `policyd` importable as here
-        env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+        argv = self.argv(index, fds)
         child = _Child(self, index)
         try:
-            self.reactor.spawnProcess(child, self.executable, self._argv(index, fds), env=env, childFDs=child_fds)
+            self.reactor.spawnProcess(child, argv[0], argv, env=self.env, childFDs=child_fds)
         except Exception as e:  # fork failed (out of processes or memory): try again later
             self._retry(index, f"could not be started ({e})")
             return
@@ -462,9 +423,9 @@ class WorkerPool:
     def snapshot(self) -> tuple[Stats, dict[int, int]]:
         """The sum of every process's counters (ended children included) and the requests per worker."""
         total = Stats()
-        total.merge(self.service.stats)
+        total.merge(self.stats)
         total.merge(self.retired)
-        per_worker = {0: self.service.stats.requests}
+        per_worker = {0: self.stats.requests}
         for index in range(1, self.size):
             child = self.children.get(index)
             latest = child.latest if child is not None else Stats()

@@ -11,7 +11,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rules.requirements import citation
+from congvu.rules.requirements import citation
 
 Language = Literal["vi", "en", "both"]
 

@@ -21,7 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from rules.config import LifecycleSettings
+from congvu.rules.config import LifecycleSettings
+from congvu.rules.errors import InvalidInput
 
 
 class AccountState(enum.Enum):
@@ -48,7 +49,7 @@ class Event(enum.Enum):
     INACTIVITY_RECLAIM = "inactivity_reclaim"
 
 
-class InvalidTransition(ValueError):
+class InvalidTransition(InvalidInput):
     """The event is not allowed in the account's current state."""
 
 

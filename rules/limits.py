@@ -14,9 +14,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from rules.config import MAILBOX_TYPES, MailboxSettings, MailboxType
-from rules.decision import Decision, Verdict
-from rules.units import format_size
+from congvu.rules.config import MAILBOX_TYPES, MailboxSettings, MailboxType
+from congvu.rules.decision import Decision, Verdict
+from congvu.rules.units import format_size
 
 
 def message_size_limit(mailbox: MailboxSettings, attachment_max: int | None = None) -> int:

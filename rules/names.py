@@ -43,9 +43,10 @@ from datetime import date
 
 from twisted.logger import Logger
 
-from rules.config import Config
-from rules.decision import Language
-from rules.requirements import citation
+from congvu.rules.config import RulesConfig
+from congvu.rules.decision import Language
+from congvu.rules.errors import InvalidInput
+from congvu.rules.requirements import citation
 
 _log = Logger(namespace="congvu.names")
 
@@ -72,7 +73,7 @@ _RULES: dict[str, dict[str, str]] = {
 }
 
 
-def naming_rule(cfg: Config, what: str) -> str:
+def naming_rule(cfg: RulesConfig, what: str) -> str:
     """The id the site's scheme cites for ``what``: base, clash, agency, unit, display or fold."""
     return _RULES[cfg.naming.scheme][what]
 
@@ -81,7 +82,7 @@ def _in_language(vi: str, en: str, language: Language) -> str:
     return vi if language == "vi" else en if language == "en" else f"{vi} / {en}"
 
 
-class NamingError(ValueError):
+class NamingError(InvalidInput):
     """An input the caller must fix (empty name, malformed abbreviation), bilingual."""
 
     def __init__(self, rule_id: str, reason_vi: str, reason_en: str) -> None:
@@ -219,7 +220,7 @@ class AddressSuggestion:
         return _in_language(self.reason_vi, self.reason_en, language)
 
 
-def _chosen(local: str, cfg: Config, rule: str, vi: str, en: str) -> AddressSuggestion:
+def _chosen(local: str, cfg: RulesConfig, rule: str, vi: str, en: str) -> AddressSuggestion:
     if len(local) > MAX_LOCAL_PART:
         return _manual(rule, f"“{local}” dài hơn {MAX_LOCAL_PART} ký tự; cán bộ quản trị đặt tên ngắn hơn.",
                        f"{local!r} is longer than {MAX_LOCAL_PART} characters; the administrator picks a shorter one.")
@@ -245,7 +246,7 @@ def _norm_taken(taken: Iterable[str]) -> set[str]:
 # --------------------------------------------------------------------------- abbreviations
 
 
-def validate_abbreviation(text: str, cfg: Config, *, what: str = "agency") -> str:
+def validate_abbreviation(text: str, cfg: RulesConfig, *, what: str = "agency") -> str:
     """An operator-chosen abbreviation (CT25-4.1/4.2, TH13-3.2), lower-cased, or NamingError.
 
     ASCII letters and digits, starting with a letter; dots between such parts only when
@@ -274,7 +275,7 @@ def validate_abbreviation(text: str, cfg: Config, *, what: str = "agency") -> st
                       f"{en_hint}.")
 
 
-def validate_agency_ref(text: str, cfg: Config) -> str:
+def validate_agency_ref(text: str, cfg: RulesConfig) -> str:
     """An agency already on the system, as its local part: ``sonv`` or ``pvhtt.yendinh``.
 
     Dots between parts are always fine here: TH13-3.2b names a subordinate agency
@@ -288,7 +289,7 @@ def validate_agency_ref(text: str, cfg: Config) -> str:
                       f"The agency {text!r} must be an existing abbreviation such as sonv or pvhtt.yendinh.")
 
 
-def agency_address(abbreviation: str, cfg: Config, taken: Collection[str] = ()) -> AddressSuggestion:
+def agency_address(abbreviation: str, cfg: RulesConfig, taken: Collection[str] = ()) -> AddressSuggestion:
     """``[abbr]@domain`` (CT25-4.1, TH13-3.2a); a taken abbreviation goes back to the operator.
 
     The regulation's remedy is a longer form (Sở Ngoại vụ ``songoaivu`` beside Sở Nội vụ
@@ -305,7 +306,7 @@ def agency_address(abbreviation: str, cfg: Config, taken: Collection[str] = ()) 
                            "The agency's abbreviation, not yet taken."), "agency")
 
 
-def unit_address(unit: str, agency: str, cfg: Config, taken: Collection[str] = ()) -> AddressSuggestion:
+def unit_address(unit: str, agency: str, cfg: RulesConfig, taken: Collection[str] = ()) -> AddressSuggestion:
     """``[unit].[agency]@domain`` (CT25-4.2; TH13-3.2b ``pvhtt.yendinh``); clash → manual."""
     rule = _RULES[cfg.naming.scheme]["unit"]
     u = validate_abbreviation(unit, cfg, what="unit")
@@ -329,7 +330,7 @@ class DisplayName:
     rule: str
 
 
-def display_name(full_name: str, agency_name: str, cfg: Config) -> DisplayName:
+def display_name(full_name: str, agency_name: str, cfg: RulesConfig) -> DisplayName:
     """``Họ Tên đệm Tên - Tên cơ quan`` (CT25-4.4, CT15-4.2đ), NFC, single spaces.
 
     The name keeps its diacritics and spelling; only the ``|`` family marker is removed.
@@ -427,7 +428,7 @@ def _unfoldable(p: PersonName, rule: str) -> AddressSuggestion:
                    f"{', '.join(bad)} cannot be written in plain a-z; the administrator names the mailbox.")
 
 
-def suggest_personal(name: str, cfg: Config, *, agency: str | None = None, taken: Collection[str] = (),
+def suggest_personal(name: str, cfg: RulesConfig, *, agency: str | None = None, taken: Collection[str] = (),
                      rank: int = NO_RANK, urgent: bool = False, family_words: int = 1,
                      same_day: Sequence[Request] = ()) -> AddressSuggestion:
     """The address for one person (CT25-4.3, CT15-4.2c/d, TH13-3.3).
@@ -440,7 +441,7 @@ def suggest_personal(name: str, cfg: Config, *, agency: str | None = None, taken
     return suggest_batch([me, *(replace(r, day=None) for r in same_day)], cfg, agency=agency, taken=taken)[0]
 
 
-def suggest_batch(requests: Sequence[Request], cfg: Config, *, agency: str | None = None,
+def suggest_batch(requests: Sequence[Request], cfg: RulesConfig, *, agency: str | None = None,
                   taken: Collection[str] = ()) -> tuple[AddressSuggestion, ...]:
     """One suggestion per request, in the order given, settling clashes among them too.
 
@@ -485,7 +486,7 @@ def suggest_batch(requests: Sequence[Request], cfg: Config, *, agency: str | Non
     return tuple(_logged(out[i], "personal") for i in range(len(requests)))
 
 
-def _serve_ct15(chain: list[str], cfg: Config, used: set[str]) -> AddressSuggestion:
+def _serve_ct15(chain: list[str], cfg: RulesConfig, used: set[str]) -> AddressSuggestion:
     """First free form of ``nvminh``, ``nvanminh``, ``nguyenvanminh`` (at most max_clash past the first)."""
     slots = chain[: 1 + cfg.naming.max_clash]
     for n, local in enumerate(slots, start=1):
@@ -506,7 +507,7 @@ def _serve_ct15(chain: list[str], cfg: Config, used: set[str]) -> AddressSuggest
                    "administrator names the mailbox.")
 
 
-def _serve_th13(first: str, members: list[int], requests: Sequence[Request], cfg: Config,
+def _serve_th13(first: str, members: list[int], requests: Sequence[Request], cfg: RulesConfig,
                 used: set[str]) -> dict[int, AddressSuggestion]:
     """TH13-3.3b: a free form goes to a lone request; any clash goes to the provincial office."""
     if first not in used and len(members) == 1:
@@ -522,7 +523,7 @@ def _serve_th13(first: str, members: list[int], requests: Sequence[Request], cfg
                        "requesting agency.") for i in members}
 
 
-def _serve_ct25(first: str, members: list[int], requests: Sequence[Request], cfg: Config,
+def _serve_ct25(first: str, members: list[int], requests: Sequence[Request], cfg: RulesConfig,
                 used: set[str]) -> dict[int, AddressSuggestion]:
     """CT25-4.3b for one day's requests sharing ``first``: rank order, then 1, 2, 3 appended."""
     max_clash = cfg.naming.max_clash

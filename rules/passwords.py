@@ -37,9 +37,9 @@ from types import MappingProxyType
 import zxcvbn
 from twisted.logger import Logger
 
-from rules.config import Config, MailboxType, PasswordSettings
-from rules.decision import Decision, Verdict
-from rules.names import strip_marks
+from congvu.rules.config import MailboxType, PasswordSettings, RulesConfig
+from congvu.rules.decision import Decision, Verdict
+from congvu.rules.names import strip_marks
 
 log = Logger()
 
@@ -107,7 +107,7 @@ def _alnum(folded: str) -> str:
 @lru_cache(maxsize=1)
 def common_words() -> tuple[str, ...]:
     """The shipped list ``rules/data/common_passwords_vi.txt``, in file order (most telling first)."""
-    text = resources.files("rules").joinpath("data/common_passwords_vi.txt").read_text(encoding="utf-8")
+    text = resources.files("congvu.rules").joinpath("data/common_passwords_vi.txt").read_text(encoding="utf-8")
     seen: dict[str, None] = {}
     for line in text.splitlines():
         word = line.strip()
@@ -145,7 +145,7 @@ class _Reason:
 
 @dataclass(frozen=True)
 class PasswordPolicy:
-    """The site's password rules, built once from the Config and shared by every caller.
+    """The site's password rules, built once from the RulesConfig and shared by every caller.
 
     ``rule_ids`` maps each ``password.*`` key to the requirement id its value came
     from, so a refusal under cantho-2015 cites CT15-10.3 and under cantho-2025 CT25-5.3.
@@ -159,7 +159,7 @@ class PasswordPolicy:
     banned: tuple[str, ...] = ()
 
     @classmethod
-    def from_config(cls, cfg: Config) -> PasswordPolicy:
+    def from_config(cls, cfg: RulesConfig) -> PasswordPolicy:
         pw = cfg.password
         ids = {key.removeprefix("password."): o.rule_id for key, o in cfg.origins.items()
                if key.startswith("password.")}
@@ -313,7 +313,7 @@ def personal_words(*, local_part: str = "", full_name: str = "", agency: str = "
     return tuple(w for w in dict.fromkeys(words) if len(w) >= MIN_TOKEN)
 
 
-def check_password(password: str, cfg: Config, *, local_part: str = "", full_name: str = "",
+def check_password(password: str, cfg: RulesConfig, *, local_part: str = "", full_name: str = "",
                    agency: str = "") -> PasswordCheck:
     """One-shot :meth:`PasswordPolicy.check`; build the policy once if you check often."""
     return PasswordPolicy.from_config(cfg).check(password, local_part=local_part,
@@ -392,7 +392,7 @@ def password_state(mailbox_type: MailboxType, changed_at: datetime | None, must_
     password) wins over everything, and so does a missing ``changed_at`` when the
     password can expire: with no record of a change the user still holds the issued
     password.  Pass ``changed_at`` and ``now`` both aware (UTC) or both naive.
-    :func:`password_state_for` takes the rule ids from the Config.
+    :func:`password_state_for` takes the rule ids from the RulesConfig.
     """
     lifetime = settings.expiry(mailbox_type)
     expires_at = changed_at + lifetime if changed_at is not None and lifetime is not None else None
@@ -422,9 +422,9 @@ def password_state(mailbox_type: MailboxType, changed_at: datetime | None, must_
     return PasswordState(ExpiryState.OK, expires_at)
 
 
-def password_state_for(cfg: Config, mailbox_type: MailboxType, changed_at: datetime | None,
+def password_state_for(cfg: RulesConfig, mailbox_type: MailboxType, changed_at: datetime | None,
                        must_change: bool, now: datetime) -> PasswordState:
-    """:func:`password_state` citing the ids the Config's values came from (CT15-11.4 for a
+    """:func:`password_state` citing the ids the RulesConfig's values came from (CT15-11.4 for a
     shared mailbox under cantho-2015, CT25-6.4b under cantho-2025)."""
     return password_state(mailbox_type, changed_at, must_change, cfg.password, now,
                           expiry_rule_id=cfg.origins[f"password.expiry_{mailbox_type}"].rule_id,

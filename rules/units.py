@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from datetime import time, timedelta
 
+from congvu.rules.errors import InvalidInput
+
 KB = 1024
 MB = 1024 * KB
 GB = 1024 * MB
@@ -35,7 +37,7 @@ _DURATION = re.compile(r"(\d+)\s*([A-Za-z]+)")
 _TIME = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
 
-class UnitError(ValueError):
+class UnitError(InvalidInput):
     """A value that does not parse; the message says what was expected."""
 
 

@@ -7,13 +7,13 @@ counted against its sender.
 
 from __future__ import annotations
 
-from policyd.checks.account_state import AccountStateCheck
-from policyd.checks.base import Check, Context, Result
-from policyd.checks.forged_sender import ForgedSenderCheck
-from policyd.checks.rates import RatesCheck
-from policyd.checks.recipients import RecipientsCheck
-from policyd.checks.sender_login import SenderLoginCheck
-from policyd.checks.size import SizeCheck
+from congvu.policyd.checks.account_state import AccountStateCheck
+from congvu.policyd.checks.base import Check, Context, Result
+from congvu.policyd.checks.forged_sender import ForgedSenderCheck
+from congvu.policyd.checks.rates import RatesCheck
+from congvu.policyd.checks.recipients import RecipientsCheck
+from congvu.policyd.checks.sender_login import SenderLoginCheck
+from congvu.policyd.checks.size import SizeCheck
 
 #: THE order.  Each entry's failure policy is ``[policyd] fail_<name>``.
 CHECKS: tuple[type[Check], ...] = (

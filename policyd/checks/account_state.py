@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 
-from directory.model import Account
-from policyd.checks.base import MESSAGE_STATES, Check, Context, Result, passed
-from policyd.protocol import PolicyRequest, clip
-from rules.decision import Decision, Verdict
-from rules.lifecycle import AccountState
-from rules.passwords import password_state_for
+from congvu.directory.model import Account
+from congvu.policyd.checks.base import MESSAGE_STATES, Check, Context, Result, passed
+from congvu.policyd.protocol import PolicyRequest, clip
+from congvu.rules.decision import Decision, Verdict
+from congvu.rules.lifecycle import AccountState
+from congvu.rules.passwords import password_state_for
 
 #: Account states that stop sending, with the article and the bilingual reason.
 BLOCKED: dict[AccountState, tuple[str, str, str]] = {

@@ -16,12 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple
 
-from directory.model import Account, CounterStore
-from policyd.lookup import AccountLookup, normalise
-from policyd.protocol import PolicyRequest
-from rules.config import MAILBOX_TYPES, Config
-from rules.decision import Decision
-from rules.limits import message_size_limit
+from congvu.directory.model import Account, CounterStore
+from congvu.policyd.lookup import AccountLookup, normalise
+from congvu.policyd.protocol import PolicyRequest
+from congvu.policyd.settings import PolicydConfig
+from congvu.rules.config import MAILBOX_TYPES
+from congvu.rules.decision import Decision
+from congvu.rules.limits import message_size_limit
 
 MESSAGE_STATES = frozenset({"MAIL", "RCPT", "DATA", "END-OF-MESSAGE"})
 
@@ -72,7 +73,7 @@ class CountedInstances:
 class Context:
     """Everything a check may consult; built once per config and shared by every request."""
 
-    cfg: Config
+    cfg: PolicydConfig
     accounts: AccountLookup
     counters: CounterStore | None
     clock: Callable[[], float]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from policyd.checks.base import Check, Context, Result, passed
-from policyd.lookup import normalise
-from policyd.protocol import PolicyRequest
-from rules.decision import Decision, Verdict
+from congvu.policyd.checks.base import Check, Context, Result, passed
+from congvu.policyd.lookup import normalise
+from congvu.policyd.protocol import PolicyRequest
+from congvu.rules.decision import Decision, Verdict
 
 _OUTSIDE = passed("sender domain is not one of the site's")
 

@@ -9,11 +9,12 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import NamedTuple
 
-from directory.model import Account, RateDecision, StateUnavailable
-from policyd.checks.base import PASSED, Check, Context, Result, passed
-from policyd.protocol import PolicyRequest
-from rules.config import Config, MailboxType
-from rules.decision import Decision, Verdict
+from congvu.directory.model import Account, RateDecision, StateUnavailable
+from congvu.policyd.checks.base import PASSED, Check, Context, Result, passed
+from congvu.policyd.protocol import PolicyRequest
+from congvu.policyd.settings import PolicydConfig
+from congvu.rules.config import MailboxType
+from congvu.rules.decision import Decision, Verdict
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -50,7 +51,7 @@ class Limits(NamedTuple):
     source: str
 
 
-def user_limits(cfg: Config, address: str, kind: MailboxType) -> Limits:
+def user_limits(cfg: PolicydConfig, address: str, kind: MailboxType) -> Limits:
     """The mailbox type's limits, replaced key by key by ``[policyd.rate_overrides]`` for this address.
 
     This is the per-account override hook: a directory attribute can feed it later

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from policyd.checks.base import PASSED, Check, Context, Result, passed
-from policyd.protocol import PolicyRequest
-from rules.decision import Decision, Verdict
+from congvu.policyd.checks.base import PASSED, Check, Context, Result, passed
+from congvu.policyd.protocol import PolicyRequest
+from congvu.rules.decision import Decision, Verdict
 
 
 class RecipientsCheck(Check):

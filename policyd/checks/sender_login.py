@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from policyd.checks.account_state import BLOCKED
-from policyd.checks.base import Check, Context, Result, passed
-from policyd.lookup import normalise
-from policyd.protocol import PolicyRequest
-from rules.decision import Decision, Verdict
+from congvu.policyd.checks.account_state import BLOCKED
+from congvu.policyd.checks.base import Check, Context, Result, passed
+from congvu.policyd.lookup import normalise
+from congvu.policyd.protocol import PolicyRequest
+from congvu.rules.decision import Decision, Verdict
 
 _OWN = passed("sender is the login address")
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from policyd.checks.base import PASSED, Check, Context, Result, passed
-from policyd.protocol import PolicyRequest
-from rules.config import MailboxType
-from rules.decision import Decision, Verdict
-from rules.limits import message_size_limit
-from rules.units import MB
+from congvu.policyd.checks.base import PASSED, Check, Context, Result, passed
+from congvu.policyd.protocol import PolicyRequest
+from congvu.rules.config import MailboxType
+from congvu.rules.decision import Decision, Verdict
+from congvu.rules.limits import message_size_limit
+from congvu.rules.units import MB
 
 
 def _mb(n: int) -> str:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from rules.profiles import cantho2015, cantho2025, thanhhoa2013
+from congvu.rules.profiles import cantho2015, cantho2025, thanhhoa2013
 
 
 @dataclass(frozen=True, slots=True)

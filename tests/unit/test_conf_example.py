@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from directory.cli import main
-from directory.output import Output
-from rules.config import load_config
-from rules.requirements import KNOWN_IDS
+from congvu.cli import main
+from congvu.config import load_config
+from congvu.output import Output
+from congvu.rules.requirements import KNOWN_IDS
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "conf" / "congvu.toml"

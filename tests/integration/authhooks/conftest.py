@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from directory.accounts import hasher_for, open_store
-from directory.endpoints import unix_accepts
-from directory.model import Account
-from rules.config import Config, load_config
-from rules.lifecycle import AccountState
+from congvu.config import Config, load_config
+from congvu.directory.accounts import hasher_for, open_store
+from congvu.directory.model import Account
+from congvu.endpoints import unix_accepts
+from congvu.rules.lifecycle import AccountState
 from tests.integration.support import free_port, new_root, read_log, stop_process
 
 REPO = Path(__file__).resolve().parents[3]

@@ -38,7 +38,7 @@ def test_congvu_authd_serves_the_page_and_the_roundcube_api(site: WebSite) -> No
     assert (r.status, r.body) == (200, b"OK"), r
     account = site.account(addr)
     assert not account.must_change and site.hasher.verify(STRONG, account.password_hash)[0]
-    assert f"authd: listening on tcp:{site.port}:interface=127.0.0.1 (password page" in site.log_text()
+    assert f"web: listening on tcp:{site.port}:interface=127.0.0.1 (password page" in site.log_text()
     # web_rate_user = 1: the next attempt for this account is rate limited ...
     wrong = {"user": addr, "curpass": "Sai-Hiện-Tại-1", "newpass": STRONG}
     assert post(site.url + "/api/password", wrong).status == 429
@@ -67,7 +67,7 @@ def test_congvu_serve_prints_the_page_endpoint(site: WebSite) -> None:
             if line.startswith("congvu serve:"):
                 break
         text = "".join(lines)
-        assert f"authd: listening on tcp:{site.port}:interface=127.0.0.1 (password page, POST /api/password)" \
+        assert f"web: listening on tcp:{site.port}:interface=127.0.0.1 (password page, POST /api/password)" \
             in text, text
         assert Browser(site.url).load().status == 200
     finally:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from passlib.hash import sha512_crypt
 
-from rules.lifecycle import AccountState
+from congvu.rules.lifecycle import AccountState
 from tests.integration.authhooks.conftest import GOOD, LOCKOUT_SECONDS, Authd
 from tests.integration.servers.dovecot import DovecotServer, shipped
 

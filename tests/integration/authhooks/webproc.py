@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -30,11 +29,11 @@ from typing import Any
 
 import pytest
 
-from directory.accounts import hasher_for, open_store
-from directory.endpoints import unix_accepts
-from directory.model import Account
-from rules.config import load_config
-from rules.lifecycle import AccountState
+from congvu.config import load_config
+from congvu.directory.accounts import hasher_for, open_store
+from congvu.directory.model import Account
+from congvu.endpoints import unix_accepts
+from congvu.rules.lifecycle import AccountState
 from tests.integration.support import free_port, read_log, stop_process
 
 REPO = Path(__file__).resolve().parents[3]
@@ -108,8 +107,8 @@ home = "{self.mail}/{{domain}}/{{local_part}}"
     # ------------------------------------------------------------------ processes
 
     def start_web_alone(self) -> None:
-        """``python -m authhooks.web``: the page in its own process."""
-        self._spawn([sys.executable, "-m", "authhooks.web", "--config", str(self.config_path)])
+        """``congvu serve --only web``: the page in its own process."""
+        self._spawn([str(CONGVU), "serve", "--only", "web", "--config", str(self.config_path)])
         self._wait_http()
 
     def start_authd(self, *, with_web: bool) -> None:
@@ -169,6 +168,16 @@ home = "{self.mail}/{{domain}}/{{local_part}}"
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log_text()[-chars:]
+
+    def log_with(self, text: str, timeout: float = 10.0) -> str:
+        """The log once it contains ``text`` (the services flush their log every 50 ms), else fail."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.log_text()
+            if text in log or time.monotonic() > deadline:
+                assert text in log, f"{text!r} not logged within {timeout}s:\n{log[-4000:]}"
+                return log
+            time.sleep(0.05)
 
 
 

@@ -11,16 +11,16 @@ from typing import Any
 
 import pytest
 
-from directory.cli import main
-from directory.model import AccountStore
-from directory.output import Output
-from directory.sqlite_store import SqliteAccountStore
-from rules.config import config_from_mapping
+from congvu.cli import main
+from congvu.config import config_from_mapping
+from congvu.directory.model import AccountStore
+from congvu.directory.sqlite_store import SqliteAccountStore
+from congvu.output import Output
 
 
 def ldap_store(slapd: Any, **extra: Any) -> AccountStore:
     """An LdapAccountStore on the test slapd (``slapd_server`` from tests/integration/servers/slapd.py)."""
-    from directory.ldap_store import LdapAccountStore
+    from congvu.directory.ldap_store import LdapAccountStore
 
     cfg = config_from_mapping({"directory": slapd.directory_overrides(**extra)})
     store: AccountStore = LdapAccountStore(cfg.directory)

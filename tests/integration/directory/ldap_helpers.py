@@ -9,10 +9,10 @@ from typing import Any
 import ldap3
 import pytest
 
-from directory.ldap_store import LdapAccountStore
-from directory.model import Account
-from rules.config import config_from_mapping
-from rules.lifecycle import AccountState
+from congvu.config import config_from_mapping
+from congvu.directory.ldap_store import LdapAccountStore
+from congvu.directory.model import Account
+from congvu.rules.lifecycle import AccountState
 from tests.integration.servers.slapd import SlapdServer
 
 DOMAIN = "cantho.gov.vn"

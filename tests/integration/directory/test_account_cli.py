@@ -12,9 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from directory.hashing import Hasher
-from directory.sqlite_store import SCHEMA_VERSION, SqliteAccountStore
-from rules.lifecycle import AccountState
+from congvu.directory.hashing import Hasher
+from congvu.directory.sqlite_store import SCHEMA_VERSION, SqliteAccountStore
+from congvu.rules.lifecycle import AccountState
 from tests.integration.directory.conftest import Site, ldap_store
 
 REPO = Path(__file__).resolve().parents[3]
@@ -291,11 +291,11 @@ def test_cli_runs_as_a_real_process(site: Site) -> None:
     """The module runs as a separate process with the documented exit codes."""
     add_minh(site)
     env = {**os.environ, "CONGVU_CONFIG": str(site.config)}
-    show = subprocess.run([sys.executable, "-m", "directory.cli", "account", "show", "nvminh", "--json"],
+    show = subprocess.run([sys.executable, "-m", "congvu.cli", "account", "show", "nvminh", "--json"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert show.returncode == 0, show.stderr
     assert json.loads(show.stdout)["full_name"] == "Nguyễn Văn Minh"
-    missing = subprocess.run([sys.executable, "-m", "directory.cli", "account", "show", "ghost"],
+    missing = subprocess.run([sys.executable, "-m", "congvu.cli", "account", "show", "ghost"],
                              cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert missing.returncode == 4 and "ghost" in missing.stderr
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from directory.model import Account, AccountExists, AccountNotFound, AccountStore, DirectoryError
-from directory.sqlite_store import MIGRATIONS, SCHEMA_VERSION, SqliteAccountStore
-from rules.lifecycle import AccountState
+from congvu.directory.model import Account, AccountExists, AccountNotFound, AccountStore, DirectoryError
+from congvu.directory.sqlite_store import MIGRATIONS, SCHEMA_VERSION, SqliteAccountStore
+from congvu.rules.lifecycle import AccountState
 
 REPO = Path(__file__).resolve().parents[3]
 T0 = datetime(2025, 10, 26, 8, 30, 15, tzinfo=UTC)
@@ -237,8 +237,8 @@ def test_sqlite_sees_writes_of_another_connection(tmp_path: Path) -> None:
 _WORKER = textwrap.dedent("""
     import json, sys, time
     from pathlib import Path
-    from directory.model import Account, AccountExists
-    from directory.sqlite_store import SqliteAccountStore
+    from congvu.directory.model import Account, AccountExists
+    from congvu.directory.sqlite_store import SqliteAccountStore
     path, me, go = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     store = SqliteAccountStore(path, timeout=30)
     while not go.exists():

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from directory.counters import LoginStampFlusher, bucket_ms, open_counters
-from directory.model import Account, CounterStore
-from rules.config import config_from_mapping
+from congvu.config import config_from_mapping
+from congvu.directory.counters import LoginStampFlusher, bucket_ms, open_counters
+from congvu.directory.model import Account, CounterStore
 from tests.integration.servers.redis import RedisServer
 
 T0 = 1_800_000_000.0  # an injected clock; 2027-01-15
@@ -239,7 +239,7 @@ def test_stamps_taken_at_most_once_per_interval(store: CounterStore) -> None:
 
 def test_flusher_writes_last_login_to_the_directory(store: CounterStore, tmp_path: Path) -> None:
     """Stamps reach the real SQLite account store as last_login_at; unknown addresses are dropped."""
-    from directory.sqlite_store import SqliteAccountStore
+    from congvu.directory.sqlite_store import SqliteAccountStore
 
     accounts = SqliteAccountStore(tmp_path / "directory.sqlite3")
     try:

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from directory.counters import open_counters
-from rules.config import config_from_mapping
+from congvu.config import config_from_mapping
+from congvu.directory.counters import open_counters
 from tests.integration.servers.redis import RedisServer
 
 T0 = 1_800_000_000.0

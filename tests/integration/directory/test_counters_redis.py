@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 import redis
 
-from directory.counters import BUCKETS, open_counters
-from directory.model import StateUnavailable
-from rules.config import ConfigError, config_from_mapping
+from congvu.config import config_from_mapping
+from congvu.directory.counters import BUCKETS, open_counters
+from congvu.directory.model import StateUnavailable
+from congvu.rules.errors import ConfigError
 from tests.integration.servers.redis import RedisServer
 from tests.integration.support import free_port, need, wait_port
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from directory.counters_sqlite import SCHEMA_VERSION, SqliteCounters
-from directory.model import StateUnavailable
+from congvu.directory.counters_sqlite import SCHEMA_VERSION, SqliteCounters
+from congvu.directory.model import StateUnavailable
 
 T0 = 1_800_000_000.0
 HOUR = timedelta(hours=1)

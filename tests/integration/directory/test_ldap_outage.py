@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from directory.ldap_store import LdapAccountStore
-from directory.model import DirectoryUnavailable
+from congvu.directory.ldap_store import LdapAccountStore
+from congvu.directory.model import DirectoryUnavailable
 from tests.integration.directory.ldap_helpers import account, make_store, wipe
 from tests.integration.servers.slapd import SlapdServer
 

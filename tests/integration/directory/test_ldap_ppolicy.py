@@ -7,8 +7,8 @@ import ldap3
 import pytest
 from passlib.hash import bcrypt, sha512_crypt
 
-from directory.hashing import Hasher
-from directory.ldap_store import LdapAccountStore
+from congvu.directory.hashing import Hasher
+from congvu.directory.ldap_store import LdapAccountStore
 from tests.integration.directory.ldap_helpers import account, entry, ldap_accounts
 from tests.integration.servers.slapd import SlapdServer
 

@@ -11,9 +11,16 @@ import ldap3
 import pytest
 from twisted.logger import ILogObserver, globalLogPublisher
 
-from directory.ldap_store import FIELD_ATTRIBUTES, LdapAccountStore, hash_from_ldap, hash_to_ldap
-from directory.model import Account, AccountExists, AccountNotFound, DirectoryError, DirectoryUnavailable, normalise
-from rules.lifecycle import AccountState
+from congvu.directory.ldap_store import FIELD_ATTRIBUTES, LdapAccountStore, hash_from_ldap, hash_to_ldap
+from congvu.directory.model import (
+    Account,
+    AccountExists,
+    AccountNotFound,
+    DirectoryError,
+    DirectoryUnavailable,
+    normalise,
+)
+from congvu.rules.lifecycle import AccountState
 from tests.integration.directory.ldap_helpers import DOMAIN, account, entry, ldap_accounts, make_store, wipe
 from tests.integration.servers.slapd import SlapdServer
 

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 from twisted.internet.epollreactor import EPollReactor
 
-from directory.cli import main as congvu_main
-from directory.output import Output
+from congvu.cli import main as congvu_main
+from congvu.output import Output
 from tests.integration.servers.postfix import PostfixServer
 from tests.integration.servers.redis import RedisServer
 from tests.integration.support import read_log, stop_process
@@ -132,7 +132,7 @@ class PolicydProcess:
             log.write(f"\n===== start {config} =====\n".encode())
             log.flush()
             self._proc = subprocess.Popen(
-                [sys.executable, "-c", "import sys; from directory.cli import main; sys.exit(main())",
+                [sys.executable, "-c", "import sys; from congvu.cli import main; sys.exit(main())",
                  "policyd", "--config", str(config)],
                 cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)

@@ -22,12 +22,12 @@ import redis
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from directory.counters import BUCKETS, Mode, WindowSpec, bucket_expiry, bucket_ms, decide, ms, open_counters
-from directory.counters_redis import RedisCounters
-from directory.model import RateDecision, StateUnavailable
-from policyd.checks.rates import Call
-from policyd.redis_native import NativeCounters
-from rules.config import config_from_mapping
+from congvu.config import config_from_mapping
+from congvu.directory.counters import BUCKETS, Mode, WindowSpec, bucket_expiry, bucket_ms, decide, ms, open_counters
+from congvu.directory.counters_redis import RedisCounters
+from congvu.directory.model import RateDecision, StateUnavailable
+from congvu.policyd.checks.rates import Call
+from congvu.policyd.redis_native import NativeCounters
 from tests.integration.policyd.conftest import turn
 from tests.integration.servers.redis import RedisServer
 

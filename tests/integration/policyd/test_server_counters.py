@@ -14,11 +14,11 @@ from typing import Any
 
 import redis
 
-from directory.counters import open_counters
-from directory.model import RateDecision, StateUnavailable
-from policyd.checks.rates import Call
-from policyd.redis_native import NativeCounters
-from rules.config import Config, config_from_mapping
+from congvu.config import Config, config_from_mapping
+from congvu.directory.counters import open_counters
+from congvu.directory.model import RateDecision, StateUnavailable
+from congvu.policyd.checks.rates import Call
+from congvu.policyd.redis_native import NativeCounters
 from tests.integration.policyd.conftest import turn
 from tests.integration.servers.redis import RedisServer
 
@@ -127,10 +127,10 @@ def test_a_frozen_redis_times_out_then_counting_resumes(tmp_path: Path, reactor:
 def test_retries_of_a_message_refused_on_recipients_spend_no_hourly_budget(tmp_path: Path, redis_server: RedisServer,
                                                                             reactor: Any) -> None:
     """All windows or none, on real Redis: native script and redis-py (the rate check's thread path) alike."""
-    from policyd.checks.base import Context, CountedInstances
-    from policyd.checks.rates import RatesCheck
-    from policyd.lookup import AccountLookup
-    from policyd.protocol import PolicyRequest
+    from congvu.policyd.checks.base import Context, CountedInstances
+    from congvu.policyd.checks.rates import RatesCheck
+    from congvu.policyd.lookup import AccountLookup
+    from congvu.policyd.protocol import PolicyRequest
     run = uuid.uuid4().hex[:8]
     now = time.time()
     # The native client: five retries of a 5-recipient message after 4 of 7 recipients were used.
@@ -152,8 +152,8 @@ def test_retries_of_a_message_refused_on_recipients_spend_no_hourly_budget(tmp_p
     # The blocking path: RatesCheck.run on redis-py's store, same five retries.
     from datetime import UTC, datetime
 
-    from directory.model import Account
-    from directory.sqlite_store import SqliteAccountStore
+    from congvu.directory.model import Account
+    from congvu.directory.sqlite_store import SqliteAccountStore
     cfg = config_from_mapping({"state_dir": str(tmp_path), "state": {
         "backend": "redis", "url": redis_server.url, "prefix": f"{run}-blocking:"},
         "policyd": {"messages_per_hour_personal": 3, "recipients_per_day_personal": 7}})

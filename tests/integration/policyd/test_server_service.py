@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from directory.accounts import open_store
-from directory.cli import main as congvu_main
-from directory.model import Account
-from directory.output import Output
-from rules.config import load_config
-from rules.units import MB
+from congvu.cli import main as congvu_main
+from congvu.config import load_config
+from congvu.directory.accounts import open_store
+from congvu.directory.model import Account
+from congvu.output import Output
+from congvu.rules.units import MB
 from tests.integration.policyd.conftest import PROBE, REPO, PolicydProcess, ask, site_config, write_config
 from tests.integration.servers.redis import RedisServer
 from tests.integration.support import free_port
@@ -48,7 +48,7 @@ def _cli(*argv: str, stdin: bytes | None = None) -> tuple[int, str, str]:
     if stdin is None:
         code = congvu_main(list(argv), out=Output(out, err))
         return code, out.getvalue(), err.getvalue()
-    proc = subprocess.run([sys.executable, "-c", "import sys; from directory.cli import main; sys.exit(main())",
+    proc = subprocess.run([sys.executable, "-c", "import sys; from congvu.cli import main; sys.exit(main())",
                            *argv], input=stdin, capture_output=True, cwd=REPO, timeout=60)
     return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
 
@@ -160,7 +160,7 @@ def test_rates_on_redis_defer_then_fail_open_when_redis_stops(tmp_path: Path) ->
         _add(cfg, "rate1")
         proc.start(cfg, [ep])
         assert ask(ep, _message("rate1@cantho.gov.vn", 1)) == b"action=DUNNO\n\n"
-        from directory.counters import open_counters
+        from congvu.directory.counters import open_counters
         blocking = open_counters(load_config(cfg))  # redis-py sees what the native client counted
         assert blocking.peek("policyd:msgs:rate1@cantho.gov.vn", [timedelta(hours=1)], time.time()) == (1,)
         blocking.close()
@@ -186,7 +186,7 @@ def test_serve_runs_policyd_and_prints_where(tmp_path: Path) -> None:
     ep = f"tcp:{free_port()}:interface=127.0.0.1"
     cfg = write_config(tmp_path / "congvu.toml", site_config(tmp_path / "state", profile="cantho-2025",
                                                              listen=[ep], redis=None))
-    p = subprocess.Popen([sys.executable, "-c", "import sys; from directory.cli import main; sys.exit(main())",
+    p = subprocess.Popen([sys.executable, "-c", "import sys; from congvu.cli import main; sys.exit(main())",
                           "serve", "--only", "policyd", "--config", str(cfg)], cwd=REPO,
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -216,7 +216,7 @@ def test_port_in_use_fails_cleanly(tmp_path: Path) -> None:
         port = busy.getsockname()[1]
         cfg = write_config(tmp_path / "congvu.toml", site_config(
             tmp_path / "state", profile="cantho-2025", listen=[f"tcp:{port}:interface=127.0.0.1"], redis=None))
-        proc = subprocess.run([sys.executable, "-c", "import sys; from directory.cli import main; sys.exit(main())",
+        proc = subprocess.run([sys.executable, "-c", "import sys; from congvu.cli import main; sys.exit(main())",
                                "policyd", "--config", str(cfg)], cwd=REPO, capture_output=True, timeout=60)
     assert proc.returncode == 1 and b"cannot start" in proc.stderr
     line = f"policy server: cannot listen on tcp:{port}:interface=127.0.0.1 ([policyd] listen): address already in use"
@@ -228,7 +228,7 @@ def test_a_listen_on_all_interfaces_is_refused_without_allow_remote(tmp_path: Pa
     port = free_port()
     data = site_config(tmp_path / "state", profile="cantho-2025", listen=[f"tcp:{port}"], redis=None)
     cfg = write_config(tmp_path / "congvu.toml", data)
-    proc = subprocess.run([sys.executable, "-c", "import sys; from directory.cli import main; sys.exit(main())",
+    proc = subprocess.run([sys.executable, "-c", "import sys; from congvu.cli import main; sys.exit(main())",
                            "policyd", "--config", str(cfg)], cwd=REPO, capture_output=True, timeout=60)
     err = proc.stderr.decode()
     assert proc.returncode == 1 and "policyd.listen" in err and "allow_remote" in err and "all interfaces" in err, err

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from policyd.stats import parse_metrics
-from rules.units import MB
+from congvu.policyd.stats import parse_metrics
+from congvu.rules.units import MB
 from tests.integration.policyd.conftest import PolicydProcess, _endpoint_address, ask, site_config, write_config
 from tests.integration.support import free_port
 

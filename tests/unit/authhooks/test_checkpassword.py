@@ -20,15 +20,16 @@ from pathlib import Path
 
 import pytest
 
-from authhooks import wire
-from directory.cli import main as congvu
-from directory.output import Output
+from congvu.authhooks import wire
+from congvu.cli import main as congvu
+from congvu.output import Output
 
 REPO = Path(__file__).resolve().parents[3]
 CONSOLE_SCRIPT = REPO / ".venv" / "bin" / "congvu-checkpassword"
 REPLY = "/usr/lib/dovecot/checkpassword-reply"
 #: What the launcher may load besides the standard library.
-HOOK_MODULES = {"authhooks", "authhooks.wire", "authhooks.checkpassword"}
+HOOK_MODULES = {"congvu", "congvu.authhooks", "congvu.authhooks.wire", "congvu.authhooks.checkpassword",
+                "congvu.rules", "congvu.rules.errors"}
 
 
 @pytest.fixture(scope="module")
@@ -259,7 +260,7 @@ def test_launcher_loads_only_the_standard_library_and_the_hook(launcher: Path) -
     out = subprocess.run([*shebang, "-c", probe, str(launcher)], capture_output=True, text=True, check=True,
                          cwd="/")
     modules = out.stdout.split()
-    assert "authhooks.checkpassword" in modules and "authhooks.wire" in modules
+    assert "congvu.authhooks.checkpassword" in modules and "congvu.authhooks.wire" in modules
     assert "site" not in modules
     assert _outside_stdlib(modules) == []
 
@@ -272,6 +273,6 @@ def test_launcher_run_by_dovecot_imports_no_site_and_nothing_else(launcher: Path
     srv.close()
     assert code == 0 and "user=nvminh@cantho.gov.vn" in reply, err
     imported = [line.rsplit("|", 1)[1].strip() for line in err.splitlines() if line.startswith("import time:")]
-    assert "authhooks.checkpassword" in imported and "_socket" in imported
+    assert "congvu.authhooks.checkpassword" in imported and "_socket" in imported
     assert "site" not in imported
     assert _outside_stdlib([m for m in imported if m != "imported package"]) == []

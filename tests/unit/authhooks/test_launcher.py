@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from authhooks.launcher import MARKER, LauncherError, package_parent, render
-from directory.cli import main as congvu
-from directory.output import Output
+from congvu.authhooks.launcher import MARKER, LauncherError, package_parent, render
+from congvu.cli import main as congvu
+from congvu.output import Output
 
 
 def hook_script(path: Path, *before: str, after: tuple[str, ...] = ()) -> tuple[int, str, str]:
@@ -31,7 +31,7 @@ def test_writes_an_executable_launcher_for_this_interpreter(tmp_path: Path) -> N
     lines = path.read_text(encoding="utf-8").splitlines()
     assert lines[0] == f"#!{sys.executable} -S" and lines[1] == MARKER
     assert f"sys.path.insert(0, {str(package_parent())!r})" in lines
-    assert "from authhooks.checkpassword import main" in lines and "    sys.exit(main())" in lines
+    assert "from congvu.authhooks.checkpassword import main" in lines and "    sys.exit(main())" in lines
     assert (package_parent() / "authhooks" / "checkpassword.py").is_file()
     assert f"args = {path} --socket " in out
 
@@ -86,7 +86,7 @@ def test_interpreter_paths_a_shebang_cannot_carry_are_refused() -> None:
 
 def test_launcher_that_cannot_run_is_reported(tmp_path: Path) -> None:
     """A launcher whose interpreter is gone fails the generator's self-check with one line."""
-    from authhooks import launcher
+    from congvu.authhooks import launcher
 
     path = tmp_path / "checkpassword"
     launcher.write(path, python="/nonexistent/python3")

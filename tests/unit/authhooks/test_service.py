@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from authhooks import wire
-from authhooks.policy_server import handle
-from authhooks.service import AuthService, LoginAttempt, LoginStatus, answer, checkpassword_reply
-from directory.counters_sqlite import SqliteCounters
-from directory.hashing import Hasher
-from directory.model import Account
-from directory.sqlite_store import SqliteAccountStore
-from rules.config import config_from_mapping
-from rules.lifecycle import AccountState
+from congvu.authhooks import wire
+from congvu.authhooks.policy_server import handle
+from congvu.authhooks.service import AuthService, LoginAttempt, LoginStatus, answer, checkpassword_reply
+from congvu.config import config_from_mapping
+from congvu.directory.counters_sqlite import SqliteCounters
+from congvu.directory.hashing import Hasher
+from congvu.directory.model import Account
+from congvu.directory.sqlite_store import SqliteAccountStore
+from congvu.rules.lifecycle import AccountState
 
 PW = "Đúng-Mật-Khẩu-9x"
 

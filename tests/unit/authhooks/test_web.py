@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
-from authhooks.service import AuthService
-from authhooks.web import (
+from congvu.authhooks.service import AuthService
+from congvu.authhooks.web import (
     COOKIE,
     Csrf,
     PasswordWeb,
@@ -28,12 +28,12 @@ from authhooks.web import (
     parse_form,
     rules_list,
 )
-from directory.accounts import open_accounts
-from directory.counters import open_counters
-from directory.hashing import Hasher
-from directory.model import Account, DirectoryUnavailable
-from rules.config import Config, config_from_mapping
-from rules.lifecycle import AccountState
+from congvu.config import Config, config_from_mapping
+from congvu.directory.accounts import open_accounts
+from congvu.directory.counters import open_counters
+from congvu.directory.hashing import Hasher
+from congvu.directory.model import Account, DirectoryUnavailable
+from congvu.rules.lifecycle import AccountState
 
 SECRET = b"unit-test-secret-0123456789abcdef"
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)

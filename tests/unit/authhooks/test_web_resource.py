@@ -17,7 +17,7 @@ from twisted.internet.address import IPv4Address
 from twisted.web.server import Request, Site
 from twisted.web.test.requesthelper import DummyChannel
 
-from authhooks.web import WebResource, WebResponse
+from congvu.authhooks.web import WebResource, WebResponse
 from tests.unit.authhooks.test_web import NEW, OLD, make_site
 from tests.unit.authhooks.test_web import Site as WebSite
 

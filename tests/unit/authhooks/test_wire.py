@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from authhooks import wire
+from congvu.authhooks import wire
+from congvu.rules.errors import ProtocolError
 
 text = st.text(alphabet=st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), max_size=100)
 
@@ -30,7 +31,7 @@ def test_frames_split_at_any_byte_are_reassembled() -> None:
 
 def test_oversized_frame_is_refused() -> None:
     """A length prefix above MAX_FRAME raises ProtocolError instead of buffering."""
-    with pytest.raises(wire.ProtocolError):
+    with pytest.raises(ProtocolError):
         wire.FrameDecoder().feed((wire.MAX_FRAME + 1).to_bytes(4, "big"))
 
 
@@ -48,12 +49,12 @@ def test_parse_fd3_accepts_dovecots_format() -> None:
     b"\x85", "\x85".encode()), b"\0p\0"])
 def test_parse_fd3_refuses_malformed_input(data: bytes) -> None:
     """Empty, truncated, NUL-less, oversized, non-UTF-8, control-character and empty names are refused."""
-    with pytest.raises(wire.ProtocolError):
+    with pytest.raises(ProtocolError):
         wire.parse_fd3(data)
 
 
 def test_reply_refuses_exports_with_newlines_or_bad_names() -> None:
     """A reply exporting a newline or an invalid variable name does not decode."""
     for field in ("reason=a\nb", "1BAD=x", "=x"):
-        with pytest.raises(wire.ProtocolError):
+        with pytest.raises(ProtocolError):
             wire.AuthReply.decode(wire.encode_fields([("v", "1"), ("status", "ok"), ("set", field)]))

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from directory.cache import CachedAccountStore
-from directory.model import Account, AccountNotFound
-from directory.sqlite_store import SqliteAccountStore
+from congvu.directory.cache import CachedAccountStore
+from congvu.directory.model import Account, AccountNotFound
+from congvu.directory.sqlite_store import SqliteAccountStore
 
 
 class Clock:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-import directory.accounts
-from directory.cli import main
-from directory.model import AccountNotFound, DirectoryError, DirectoryUnavailable
-from directory.output import Output
+import congvu.directory.accounts
+from congvu.cli import main
+from congvu.directory.model import AccountNotFound, DirectoryError, DirectoryUnavailable
+from congvu.output import Output
 
 
 @pytest.mark.parametrize(("error", "code", "line"), [
@@ -28,7 +28,7 @@ def test_store_errors_are_one_line_with_their_exit_code(monkeypatch: pytest.Monk
     def refuse(_cfg: object) -> None:
         raise error
 
-    monkeypatch.setattr(directory.accounts, "open_store", refuse)
+    monkeypatch.setattr(congvu.directory.accounts, "open_store", refuse)
     conf = tmp_path / "congvu.toml"
     conf.write_text(f'state_dir = "{tmp_path}"\n', encoding="utf-8")
     out, err = io.StringIO(), io.StringIO()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from directory.cli import main
-from directory.output import Output
+from congvu.cli import main
+from congvu.output import Output
 
 
 def run(*argv: str) -> tuple[int, str, str]:

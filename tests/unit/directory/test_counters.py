@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from directory.counters import (
+from congvu.config import config_from_mapping
+from congvu.directory.counters import (
     BUCKETS,
     LoginStampFlusher,
     WindowSpec,
@@ -24,10 +25,10 @@ from directory.counters import (
     open_counters,
     specs,
 )
-from directory.counters_redis import RedisCounters
-from directory.counters_sqlite import SqliteCounters
-from directory.model import Account, AccountNotFound, DirectoryUnavailable
-from rules.config import ConfigError, config_from_mapping
+from congvu.directory.counters_redis import RedisCounters
+from congvu.directory.counters_sqlite import SqliteCounters
+from congvu.directory.model import Account, AccountNotFound, DirectoryUnavailable
+from congvu.rules.errors import ConfigError
 
 T0 = 1_800_000_000_000  # ms
 

@@ -8,7 +8,7 @@ import unicodedata
 import pytest
 from passlib.hash import argon2, bcrypt, sha512_crypt
 
-from directory.hashing import Hasher, rotate_history, strip_scheme_prefix
+from congvu.directory.hashing import Hasher, rotate_history, strip_scheme_prefix
 
 FAST = Hasher("test")
 

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from directory.model import Account
-from directory.transfer import LDIF_ATTRS, TransferError, detect_format, read, write
-from rules.lifecycle import AccountState
+from congvu.directory.model import Account
+from congvu.directory.transfer import LDIF_ATTRS, TransferError, detect_format, read, write
+from congvu.rules.lifecycle import AccountState
 
 FULL = Account(
     local_part="nvminh", domain="cantho.gov.vn", full_name="Nguyễn Văn Minh", mailbox_type="unit",

@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from directory.counters_sqlite import SqliteCounters
-from directory.model import Account
-from directory.sqlite_store import SqliteAccountStore
-from policyd.checks.base import Context, CountedInstances
-from policyd.engine import Engine, Evaluation
-from policyd.lookup import AccountLookup
-from policyd.protocol import PolicyRequest
-from rules.config import config_from_mapping
+from congvu.config import config_from_mapping
+from congvu.directory.counters_sqlite import SqliteCounters
+from congvu.directory.model import Account
+from congvu.directory.sqlite_store import SqliteAccountStore
+from congvu.policyd.checks.base import Context, CountedInstances
+from congvu.policyd.engine import Engine, Evaluation
+from congvu.policyd.lookup import AccountLookup
+from congvu.policyd.protocol import PolicyRequest
 
 NOW = datetime(2026, 9, 2, 9, 0, tzinfo=UTC).timestamp()
 

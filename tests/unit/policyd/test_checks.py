@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from directory.model import DirectoryUnavailable, StateUnavailable
-from policyd.checks import CHECK_NAMES, CHECKS
-from policyd.checks.rates import client_key
-from rules.lifecycle import AccountState
-from rules.units import MB
+from congvu.directory.model import DirectoryUnavailable, StateUnavailable
+from congvu.policyd.checks import CHECK_NAMES, CHECKS
+from congvu.policyd.checks.rates import client_key
+from congvu.rules.lifecycle import AccountState
+from congvu.rules.units import MB
 from tests.unit.policyd.conftest import Site, request
 
 
@@ -241,7 +241,7 @@ def test_counter_store_down_fails_open(site: Site) -> None:
 
 def test_a_bug_in_a_check_never_gives_a_5xx(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
     """An unexpected exception in a security check defers (4.3.0); never a permanent refusal."""
-    from policyd.checks.forged_sender import ForgedSenderCheck
+    from congvu.policyd.checks.forged_sender import ForgedSenderCheck
 
     def boom(*a: Any) -> Any:
         raise KeyError("bug")
@@ -269,7 +269,7 @@ def test_explain_lists_every_check_and_why(site: Site) -> None:
 
 def test_first_pass_answers_cached_requests_without_io(site: Site) -> None:
     """A RCPT from a sender already looked up needs no I/O; a new sender or a DATA count does."""
-    from policyd.engine import Pending
+    from congvu.policyd.engine import Pending
     site.add("nvminh")
     engine = site.engine()
     req = request(sasl_username="nvminh", sender="nvminh@cantho.gov.vn")
@@ -286,8 +286,8 @@ def test_first_pass_answers_cached_requests_without_io(site: Site) -> None:
 
 def test_a_long_state_reason_is_cut_but_the_article_stays(site: Site) -> None:
     """A 2,000-character state_reason gives a bounded reply: codes, reason start, rule id and citation kept."""
-    from policyd.protocol import MAX_ACTION, MAX_REASON, format_reply
-    from rules.requirements import citation
+    from congvu.policyd.protocol import MAX_ACTION, MAX_REASON, format_reply
+    from congvu.rules.requirements import citation
     reason = "Khóa theo yêu cầu của Sở " + "x" * 2000
     site.add("nvminh", state=AccountState.LOCKED, state_reason=reason)
     ev = site.engine().evaluate(request(sasl_username="nvminh", sender="nvminh@cantho.gov.vn"))
@@ -301,7 +301,7 @@ def test_a_long_state_reason_is_cut_but_the_article_stays(site: Site) -> None:
 
 def test_a_long_text_is_cut_in_every_language_before_the_citation() -> None:
     """bounded_action cuts the free texts (both languages keep a share), never the codes or the citation."""
-    from policyd.protocol import MAX_ACTION, bounded_action, format_reply
+    from congvu.policyd.protocol import MAX_ACTION, bounded_action, format_reply
     action = bounded_action("450 4.7.1", ["ngắn", "y" * 5000], "(CT25-3.1: Điều 3 khoản 1)")
     assert len(action.encode()) <= MAX_ACTION
     assert action.startswith("450 4.7.1 ngắn / yyy") and action.endswith("... (CT25-3.1: Điều 3 khoản 1)")

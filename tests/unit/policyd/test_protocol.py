@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policyd.protocol import PolicyParser, PolicyProtocolError, PolicyRequest, clean_text, format_reply
+from congvu.policyd.protocol import PolicyParser, PolicyProtocolError, PolicyRequest, clean_text, format_reply
 
 #: Every attribute Postfix 3.12 sends, with realistic values.
 FULL = (

@@ -6,8 +6,8 @@ import struct
 
 import pytest
 
-from directory.model import RateDecision
-from policyd.redis_native import RespParser, _multi_answers, encode, encode_strs
+from congvu.directory.model import RateDecision
+from congvu.policyd.redis_native import RespParser, _multi_answers, encode, encode_strs
 
 
 @pytest.mark.parametrize("args", [["EVALSHA", "abc", "2", "k1", "k2"], ["SET", "key:nguyễn@x.vn", "thư"], [""]])

@@ -9,12 +9,13 @@ from typing import Any
 import pytest
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from directory.model import RateDecision, StateUnavailable
-from policyd.checks.rates import Call
-from policyd.server import PolicyProtocol, PolicyService, _unix_path
-from policyd.stats import parse_metrics
-from rules.config import config_from_mapping
-from rules.units import MB
+from congvu.config import config_from_mapping
+from congvu.directory.model import RateDecision, StateUnavailable
+from congvu.endpoints import unix_path
+from congvu.policyd.checks.rates import Call
+from congvu.policyd.server import PolicyProtocol, PolicyService
+from congvu.policyd.stats import parse_metrics
+from congvu.rules.units import MB
 
 RCPT_BIG = (b"request=smtpd_access_policy\nprotocol_state=RCPT\nsender=a@example.com\nclient_address=1.2.3.4\n"
             b"size=%d\n\n")
@@ -110,10 +111,10 @@ def test_metrics_count_decisions_per_check(svc: PolicyService) -> None:
 
 def test_unix_endpoint_path() -> None:
     """The socket path is read from unix: endpoints (with escaped colons); others have none."""
-    assert _unix_path("unix:/var/spool/postfix/private/congvu-policy:mode=660") == \
+    assert unix_path("unix:/var/spool/postfix/private/congvu-policy:mode=660") == \
         "/var/spool/postfix/private/congvu-policy"
-    assert _unix_path(r"unix:/tmp/a\:b.sock:lockfile=0") == "/tmp/a:b.sock"
-    assert _unix_path("tcp:10040:interface=127.0.0.1") is None
+    assert unix_path(r"unix:/tmp/a\:b.sock:lockfile=0") == "/tmp/a:b.sock"
+    assert unix_path("tcp:10040:interface=127.0.0.1") is None
 
 
 EOM = (b"request=smtpd_access_policy\nprotocol_state=END-OF-MESSAGE\nsender=a@example.com\n"
@@ -171,7 +172,8 @@ def test_a_message_counted_once_is_not_counted_again(svc: PolicyService) -> None
 
 def test_remote_listen_endpoints_need_allow_remote(tmp_path: Path) -> None:
     """A TCP listen on all interfaces or a public address is a config error naming the key; loopback is fine."""
-    from rules.config import ConfigError, check_listen
+    from congvu.policyd.settings import check_listen
+    from congvu.rules.errors import ConfigError
 
     def cfg(listen: list[str], **kw: Any) -> Any:
         return config_from_mapping({"state_dir": str(tmp_path), "policyd": {"listen": listen, **kw}})
@@ -188,7 +190,7 @@ def test_log_lines_are_buffered_and_flushed_by_the_reactor_and_at_shutdown() -> 
     """Decision lines wait in memory for the 50 ms flush; warnings go out at once; shutdown writes the rest."""
     import io
 
-    from directory.cmd_serve import BufferedLog
+    from congvu.logging import BufferedLog
     out = io.StringIO()
     clock = MemoryReactorClock()
     buf = BufferedLog(out)

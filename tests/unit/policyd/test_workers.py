@@ -13,11 +13,13 @@ from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
-from directory.cmd_serve import write_lines
-from policyd.server import PolicyService
-from policyd.stats import Stats, parse_metrics
-from policyd.workers import BACKOFF_MAX, STOP_GRACE, WorkerPool, _Child
-from rules.config import ConfigError, config_from_mapping, load_config
+from congvu.commands.policyd import worker_argv
+from congvu.config import config_from_mapping, load_config
+from congvu.logging import write_lines
+from congvu.policyd.server import PolicyFactory, PolicyService
+from congvu.policyd.stats import Stats, parse_metrics
+from congvu.policyd.workers import BACKOFF_MAX, STOP_GRACE, WorkerPool, _Child
+from congvu.rules.errors import ConfigError
 
 
 def _load(tmp_path: Path, value: str) -> Any:
@@ -163,9 +165,11 @@ def pool(tmp_path: Path) -> Any:
     svc = PolicyService(load_config(cfg_file), _Reactor())
     port = _Port()
     svc.policy_ports = [("tcp:10040:interface=127.0.0.1", port)]  # type: ignore[list-item]
-    p = WorkerPool(svc, executable="/usr/bin/python3")
+    p = WorkerPool(svc.reactor, svc.cfg.policyd.workers, svc.policy_ports, PolicyFactory(svc), svc.stats,
+                   worker_argv(svc, "/usr/bin/python3"))
+    p.service = svc  # type: ignore[attr-defined]  # for the assertions below
     yield p
-    for shared in svc.ports:
+    for shared in p.adopted:
         shared.stopListening()
     port.socket.close()
     svc.engine.ctx.accounts.close()
@@ -181,15 +185,15 @@ def test_pool_spawns_each_worker_with_the_shared_sockets(pool: WorkerPool) -> No
     reactor: Any = pool.reactor
     assert [args[args.index("--worker") + 1] for _, args, _ in reactor.spawned] == ["1", "2"]
     _, args, fds = reactor.spawned[0]
-    assert args[:3] == ["/usr/bin/python3", "-c", "import sys; from directory.cli import main; sys.exit(main())"]
+    assert args[:3] == ["/usr/bin/python3", "-c", "import sys; from congvu.cli import main; sys.exit(main())"]
     assert args[args.index("--worker-fds") + 1] == "4"
     assert args[args.index("--config") + 1] == pool.service.cfg.path
     assert "--profile" not in args  # the default profile: the child resolves it as the master's reload would
     master_port = pool.service.policy_ports[0][1]
     assert fds == {0: "w", 1: 2, 2: 2, 3: "r", 4: master_port.fileno()}
     # the master accepts through a one-at-a-time port on a duplicate; its own port no longer reads
-    assert [p.numberAccepts for p in pool.service.ports] == [1] and not master_port.reading  # type: ignore[attr-defined]
-    assert pool.service.ports[0].getHost().port == master_port.socket.getsockname()[1]  # type: ignore[attr-defined]
+    assert [p.numberAccepts for p in pool.adopted] == [1] and not master_port.reading  # type: ignore[attr-defined]
+    assert pool.adopted[0].getHost().port == master_port.socket.getsockname()[1]  # type: ignore[attr-defined]
 
 
 def test_pool_sums_snapshots_even_split_across_reads(pool: WorkerPool) -> None:

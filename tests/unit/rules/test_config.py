@@ -12,8 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rules.config import Config, ConfigError, config_from_mapping, load_config, redact
-from rules.units import GB, MB
+from congvu.config import Config, config_from_mapping, load_config
+from congvu.rules.config import redact
+from congvu.rules.errors import ConfigError
+from congvu.rules.units import GB, MB
 
 
 def test_default_profile_is_cantho_2025() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rules.decision import Decision, Verdict
-from rules.requirements import KNOWN_IDS, citation
+from congvu.rules.decision import Decision, Verdict
+from congvu.rules.requirements import KNOWN_IDS, citation
 
 
 @pytest.mark.parametrize(("rid", "text"), [

@@ -6,8 +6,8 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from rules.config import config_from_mapping, load_config
-from rules.lifecycle import (
+from congvu.config import config_from_mapping, load_config
+from congvu.rules.lifecycle import (
     TRANSITIONS,
     AccountState,
     Event,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from rules.config import config_from_mapping, load_config
-from rules.limits import attachment_equivalent, dovecot_quota_rule, effective_quota, message_size_limit
-from rules.units import GB, MB, format_size
+from congvu.config import config_from_mapping, load_config
+from congvu.rules.limits import attachment_equivalent, dovecot_quota_rule, effective_quota, message_size_limit
+from congvu.rules.units import GB, MB, format_size
 
 
 def _b64_size(raw: int) -> int:

@@ -6,8 +6,8 @@ import unicodedata
 
 import pytest
 
-from rules.config import Config, config_from_mapping, load_config
-from rules.names import (
+from congvu.config import Config, config_from_mapping, load_config
+from congvu.rules.names import (
     MAX_LOCAL_PART,
     AddressSuggestion,
     NamingError,
@@ -24,7 +24,7 @@ from rules.names import (
     validate_abbreviation,
     validate_agency_ref,
 )
-from rules.requirements import citation
+from congvu.rules.requirements import citation
 
 CT25 = load_config(None, profile="cantho-2025")
 CT15 = load_config(None, profile="cantho-2015")

@@ -1,4 +1,4 @@
-"""``congvu address …``: exit codes, JSON shape and text output, through directory.cli.main."""
+"""``congvu address …``: exit codes, JSON shape and text output, through congvu.cli.main."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from directory.cli import main
-from directory.output import Output
+from congvu.cli import main
+from congvu.output import Output
 
 
 @pytest.fixture(autouse=True)

@@ -8,8 +8,8 @@ import unicodedata
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rules.config import Config, load_config
-from rules.names import NamingError, Request, fold, suggest_batch, suggest_personal
+from congvu.config import Config, load_config
+from congvu.rules.names import NamingError, Request, fold, suggest_batch, suggest_personal
 
 CONFIGS = [load_config(None, profile=p) for p in ("cantho-2025", "cantho-2015", "thanhhoa-2013")]
 

@@ -12,9 +12,9 @@ import zxcvbn
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from rules.config import Config, config_from_mapping
-from rules.decision import Verdict
-from rules.passwords import (
+from congvu.config import Config, config_from_mapping
+from congvu.rules.decision import Verdict
+from congvu.rules.passwords import (
     PUBLISHED_EXAMPLES,
     ZXCVBN_MAX_CHARS,
     ExpiryState,

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from directory.cli import main
-from directory.output import Output
+from congvu.cli import main
+from congvu.output import Output
 
 ROOT = Path(__file__).resolve().parents[3]
 ACCOUNT = ["--user", "nvminh", "--name", "Nguyễn Văn Minh", "--agency", "sonv"]
@@ -132,7 +132,7 @@ def test_real_stdin_bytes(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "CONGVU_CONFIG"}
     conf = tmp_path / "c.toml"
     conf.write_text('profile = "cantho-2025"\n', encoding="utf-8")
-    cmd = [sys.executable, "-m", "directory.cli", "password", "check", *ACCOUNT, "--config", str(conf)]
+    cmd = [sys.executable, "-m", "congvu.cli", "password", "check", *ACCOUNT, "--config", str(conf)]
     ok = subprocess.run(cmd, input="Sóng Gió 2024 Tím!\n".encode(), capture_output=True, cwd=ROOT, env=env,
                         timeout=60, check=False)
     assert (ok.returncode, ok.stdout) == (0, b"accepted\n")

@@ -6,7 +6,7 @@ from datetime import time, timedelta
 
 import pytest
 
-from rules.units import (
+from congvu.rules.units import (
     GB,
     MB,
     UnitError,

@@ -12,9 +12,10 @@ import getpass
 import sys
 from typing import IO, Any
 
-from directory.cli import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, add_config_args, config_for
-from directory.output import Output
-from rules.config import MAILBOX_TYPES
+from congvu.commands.common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, add_config_args, config_for
+from congvu.output import Output
+from congvu.rules.config import MAILBOX_TYPES
+from congvu.rules.errors import InvalidInput
 
 
 def register(sub: Any) -> None:
@@ -34,7 +35,7 @@ def register(sub: Any) -> None:
     check.set_defaults(func=_check)
 
 
-class _StdinError(Exception):
+class _StdinError(InvalidInput):
     """Standard input held no usable line."""
 
 
@@ -76,7 +77,7 @@ def _read_line(stream: IO[Any] | None, limit: int) -> tuple[str, bool]:
 
 def _check(args: argparse.Namespace, out: Output) -> int:
     cfg = config_for(args)
-    from rules.passwords import RAW_LENGTH_FACTOR, PasswordPolicy  # zxcvbn + Twisted: load only here
+    from congvu.rules.passwords import RAW_LENGTH_FACTOR, PasswordPolicy  # zxcvbn + Twisted: load only here
 
     policy = PasswordPolicy.from_config(cfg)
     try:

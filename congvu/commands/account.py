@@ -15,24 +15,26 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from directory.cli import EXIT_OK, EXIT_REFUSED, UsageError, add_config_args, config_for
-from directory.model import Account, AccountExists, AccountNotFound, AccountStore, DirectoryError
-from directory.output import Output
-from rules.config import MAILBOX_TYPES, Config, MailboxType
-from rules.lifecycle import AccountState, Event, InvalidTransition, Transition, apply, initial_state
-from rules.limits import effective_quota
-from rules.requirements import citation
-from rules.units import UnitError, format_size, parse_size
+from congvu.commands.common import EXIT_OK, EXIT_REFUSED, UsageError, add_config_args, config_for
+from congvu.config import Config
+from congvu.directory.model import Account, AccountExists, AccountNotFound, AccountStore, DirectoryError
+from congvu.output import Output
+from congvu.rules.config import MAILBOX_TYPES, MailboxType
+from congvu.rules.errors import CongvuError
+from congvu.rules.lifecycle import AccountState, Event, InvalidTransition, Transition, apply, initial_state
+from congvu.rules.limits import effective_quota
+from congvu.rules.requirements import citation
+from congvu.rules.units import UnitError, format_size, parse_size
 
 if TYPE_CHECKING:
-    from directory.hashing import Hasher
+    from congvu.directory.hashing import Hasher
 
 # passlib, zxcvbn, Twisted (rules.names) and the stores load inside the commands, so `congvu config check` stays fast.
 
 _LOCAL = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 
 
-class Refused(Exception):
+class Refused(CongvuError):
     """The command is understood but the rules say no; exits 1 with the reason and its article."""
 
     def __init__(self, rule_id: str, reason: str) -> None:
@@ -104,21 +106,21 @@ def _guard(fn: Callable[[argparse.Namespace, Output, Config, AccountStore], int]
            ) -> Callable[[argparse.Namespace, Output], int]:
     """Open the store, run the command, close the store; a refusal or a clash is exit 1 with one line.
 
-    Outages and AccountNotFound (exit 4) reach directory.cli.main, which prints the one line.
+    Outages and AccountNotFound (exit 4) reach congvu.cli.main, which prints the one line.
     """
 
     def run(args: argparse.Namespace, out: Output) -> int:
-        from directory.accounts import open_store
+        from congvu.directory.accounts import open_store
 
         cfg = config_for(args)
-        store = open_store(cfg)  # DirectoryError, AccountNotFound: one line from directory.cli.main
+        store = open_store(cfg)  # DirectoryError, AccountNotFound: one line from congvu.cli.main
         try:
             return fn(args, out, cfg, store)
         except Refused as e:
             out.error(f"refused: {e}")
             return EXIT_REFUSED
         except AccountExists as e:
-            from rules.names import naming_rule
+            from congvu.rules.names import naming_rule
 
             rid = naming_rule(cfg, "clash")
             out.error(f"refused: {e} is already an address or alias ({rid}: {citation(rid)})")
@@ -156,7 +158,7 @@ def _check_shape(cfg: Config, local: str, kind: MailboxType, agency: str, unit: 
     CT15-4.2b lets a unit mailbox be named on request (``vpubndninhkieu``), so only CT25
     and TH13 insist on ``[unit].[agency]``.
     """
-    from rules.names import naming_rule
+    from congvu.rules.names import naming_rule
 
     agency = agency.lower()
     scheme = cfg.naming.scheme
@@ -186,7 +188,7 @@ def _quota(cfg: Config, kind: MailboxType, text: str | None) -> int | None:
 
 def _full_name(text: str) -> str:
     """NFC, single spaces, without the ``|`` that marks a compound family name for ``address suggest``."""
-    from rules.names import clean_text
+    from congvu.rules.names import clean_text
 
     name = clean_text(text.replace("|", " "))
     if not name:
@@ -277,8 +279,8 @@ def _now() -> datetime:
 
 
 def _add(args: argparse.Namespace, out: Output, cfg: Config, store: AccountStore) -> int:
-    from directory.accounts import hasher_for, temporary_password
-    from rules.names import display_name
+    from congvu.directory.accounts import hasher_for, temporary_password
+    from congvu.rules.names import display_name
 
     address = full_address(cfg, args.address)
     local, _, domain = address.rpartition("@")
@@ -314,7 +316,7 @@ def _get(cfg: Config, store: AccountStore, text: str) -> Account:
 
 
 def _show(args: argparse.Namespace, out: Output, cfg: Config, store: AccountStore) -> int:
-    from directory.accounts import hasher_for
+    from congvu.directory.accounts import hasher_for
 
     a = _get(cfg, store, args.address)
     _show_account(out, cfg, a, hasher_for(cfg), args.json)
@@ -322,7 +324,7 @@ def _show(args: argparse.Namespace, out: Output, cfg: Config, store: AccountStor
 
 
 def _list(args: argparse.Namespace, out: Output, cfg: Config, store: AccountStore) -> int:
-    from directory.accounts import hasher_for
+    from congvu.directory.accounts import hasher_for
 
     accounts = [a for a in store.list(args.agency)
                 if args.state is None or AccountState(a.state).value == args.state]
@@ -337,7 +339,7 @@ def _list(args: argparse.Namespace, out: Output, cfg: Config, store: AccountStor
 
 
 def _set(args: argparse.Namespace, out: Output, cfg: Config, store: AccountStore) -> int:
-    from directory.accounts import hasher_for
+    from congvu.directory.accounts import hasher_for
 
     a = _get(cfg, store, args.address)
     changes: dict[str, Any] = {}
@@ -393,7 +395,7 @@ def _set(args: argparse.Namespace, out: Output, cfg: Config, store: AccountStore
 
 
 def _passwd(args: argparse.Namespace, out: Output, cfg: Config, store: AccountStore) -> int:
-    from directory.accounts import hasher_for, password_changes, temporary_password
+    from congvu.directory.accounts import hasher_for, password_changes, temporary_password
 
     a = _get(cfg, store, args.address)
     try:

@@ -15,9 +15,9 @@ import sys
 from dataclasses import fields
 from typing import Any
 
-from directory.cli import EXIT_OK, EXIT_REFUSED, UsageError, add_config_args, config_for
-from directory.model import Account, AccountStore, DirectoryError
-from directory.output import Output
+from congvu.commands.common import EXIT_OK, EXIT_REFUSED, UsageError, add_config_args, config_for
+from congvu.directory.model import Account, AccountStore, DirectoryError
+from congvu.output import Output
 
 # The stores and ldap3 load inside the commands, so `congvu config check` stays fast.
 FORMATS = ("csv", "ldif")
@@ -47,11 +47,11 @@ def register(sub: Any) -> None:
 
 
 def _init(args: argparse.Namespace, out: Output) -> int:
-    from directory.accounts import open_store, sqlite_path
+    from congvu.directory.accounts import open_store, sqlite_path
 
     cfg = config_for(args)
     where = sqlite_path(cfg) if cfg.directory.backend == "sqlite" else f"{cfg.directory.url} {cfg.directory.base_dn}"
-    store = open_store(cfg)  # DirectoryError: one line from directory.cli.main
+    store = open_store(cfg)  # DirectoryError: one line from congvu.cli.main
     try:
         # Both backends have it (SqliteAccountStore, LdapAccountStore); the Protocol does not.
         problems: list[str] = store.check_schema()  # type: ignore[attr-defined]
@@ -62,7 +62,7 @@ def _init(args: argparse.Namespace, out: Output) -> int:
             out.error(f"refused: {where}: {p}")
         return EXIT_REFUSED
     if cfg.directory.backend == "sqlite":
-        from directory.sqlite_store import SCHEMA_VERSION
+        from congvu.directory.sqlite_store import SCHEMA_VERSION
         out.line(f"{where}: ready (schema version {SCHEMA_VERSION}, WAL)")
     else:
         out.line(f"{where}: congvu schema and base DN present")
@@ -70,8 +70,8 @@ def _init(args: argparse.Namespace, out: Output) -> int:
 
 
 def _export(args: argparse.Namespace, out: Output) -> int:
-    from directory.accounts import open_store
-    from directory.transfer import TransferError, write
+    from congvu.directory.accounts import open_store
+    from congvu.directory.transfer import TransferError, write
 
     cfg = config_for(args)
     store = open_store(cfg)
@@ -109,8 +109,8 @@ _REPLACEABLE = tuple(f.name for f in fields(Account) if f.name not in ("local_pa
 
 
 def _import(args: argparse.Namespace, out: Output) -> int:
-    from directory.accounts import open_store
-    from directory.transfer import TransferError, detect_format, read
+    from congvu.directory.accounts import open_store
+    from congvu.directory.transfer import TransferError, detect_format, read
 
     cfg = config_for(args)
     try:

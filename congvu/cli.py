@@ -8,44 +8,18 @@ redis) happen inside the commands that need them, so ``congvu config check`` sta
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
-from directory.model import AccountNotFound, DirectoryError, DirectoryUnavailable, StateUnavailable
-from directory.output import Output
-from rules.config import Config, ConfigError, load_config, resolve_path
+from congvu import serve
+from congvu.commands import account, address, authd, config, directory, password, policyd
+from congvu.commands.common import EXIT_NOT_FOUND, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, UsageError
+from congvu.directory.model import AccountNotFound, DirectoryError, DirectoryUnavailable, StateUnavailable
+from congvu.output import Output
+from congvu.rules.errors import ConfigError
 
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_MANUAL, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
-
-#: Modules exposing ``register(subparsers)``; each adds its subcommands.
-COMMAND_MODULES: tuple[str, ...] = (
-    "directory.cmd_config",
-    "directory.cmd_password",
-    "directory.cmd_address",
-    "directory.cmd_account",
-    "directory.cmd_directory",
-    "authhooks.cmd",
-    "policyd.cmd",
-    "directory.cmd_serve",
-)
-
-
-class UsageError(Exception):
-    """Bad arguments that argparse could not catch; exits 2."""
-
-
-def add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE",
-                   help="config file (default: $CONGVU_CONFIG, then /etc/congvu/congvu.toml)")
-    p.add_argument("--profile", metavar="P",
-                   help="profile to use when no config file is found or it names none")
-
-
-def config_for(args: argparse.Namespace) -> Config:
-    """Load the config the command line points at; raises ConfigError."""
-    return load_config(resolve_path(getattr(args, "config", None)),
-                       profile=getattr(args, "profile", None))
+#: Modules exposing ``register(subparsers)``; each adds its subcommands, in ``--help`` order.
+COMMANDS = (config, password, address, account, directory, authd, policyd, serve)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,8 +31,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="congvu", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for command in COMMANDS:
+        command.register(sub)
     return parser
 
 

@@ -3,7 +3,7 @@
 * ``congvu authd [--config FILE]`` runs the auth service (checkpassword socket, auth
   policy server, password page) until SIGTERM/SIGINT.
 * ``congvu authd hook-script FILE`` writes the fast checkpassword launcher (see
-  :mod:`authhooks.launcher`) that ``conf/dovecot/congvu-checkpassword.conf.ext`` points at.
+  :mod:`congvu.authhooks.launcher`) that ``conf/dovecot/congvu-checkpassword.conf.ext`` points at.
 """
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from directory.cli import EXIT_OK, EXIT_REFUSED, add_config_args, config_for
-from directory.output import Output
-from rules.config import ConfigError
+from congvu.commands.common import EXIT_OK, EXIT_REFUSED, add_config_args, config_for
+from congvu.output import Output
+from congvu.rules.errors import ConfigError
 
 DESCRIPTION = """\
 Without an action: run the auth service in the foreground (the unix socket congvu-checkpassword
 asks, the Dovecot auth policy server on [authhooks] policy_listen, and the password page on
 [authhooks] web_listen) until SIGTERM or SIGINT; `congvu serve` runs it too.
 
-hook-script FILE: write the launcher Dovecot's checkpassword passdb should exec (issue 5).
+hook-script FILE: write the launcher Dovecot's checkpassword passdb should exec.
 Dovecot 2.3 forks it for every login; it starts this interpreter with -S, which skips the
 venv's site processing (~25 ms per login) and loads only the standard library and the hook.
 Then point Dovecot at it:  passdb { driver = checkpassword
@@ -41,7 +41,7 @@ def register(sub: Any) -> None:
         "hook-script", help="write the fast checkpassword launcher Dovecot execs (e.g. "
                             "/usr/local/libexec/congvu/checkpassword)",
         description="Write FILE (mode 0755): '#!<this python> -S', the congvu package on sys.path, then "
-                    "authhooks.checkpassword.main.  A launcher written before is replaced; any other "
+                    "congvu.authhooks.checkpassword.main.  A launcher written before is replaced; any other "
                     "existing file is refused.  Regenerate it after moving or reinstalling congvu.")
     h.add_argument("file", metavar="FILE", help="where to write the launcher")
     # SUPPRESS: an absent --config here must not hide one given before the action.
@@ -51,13 +51,13 @@ def register(sub: Any) -> None:
 
 
 def _authd(args: argparse.Namespace, out: Output) -> int:
-    from directory.cmd_serve import run_services  # the same runner as `congvu serve`, one service
+    from congvu.serve import build_services, run  # the same runner as `congvu serve`
 
-    return run_services(["authd"], args, out)
+    return run(args, out, lambda cfg, reactor, listen: build_services(cfg, reactor, listen, ["authd", "web"]))
 
 
 def _hook_script(args: argparse.Namespace, out: Output) -> int:
-    from authhooks import launcher
+    from congvu.authhooks import launcher
 
     path = Path(os.path.abspath(args.file))
     try:
@@ -71,7 +71,7 @@ def _hook_script(args: argparse.Namespace, out: Output) -> int:
         sock = os.path.abspath(cfg.state_file(cfg.authhooks.socket, "authd.sock"))
     except ConfigError:
         sock = "<[authhooks] socket>"
-    out.line(f"wrote {path} (runs {launcher.package_parent()}/authhooks with python -S)")
+    out.line(f"wrote {path} (runs {launcher.package_parent()}/congvu/authhooks with python -S)")
     out.line("Dovecot (conf/dovecot/congvu-checkpassword.conf.ext), passdb and userdb:")
     out.line(f"  args = {path} --socket {sock}")
     return EXIT_OK

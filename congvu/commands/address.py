@@ -11,12 +11,12 @@ import argparse
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
-from directory.cli import EXIT_MANUAL, EXIT_OK, EXIT_REFUSED, UsageError, add_config_args, config_for
-from directory.output import Output
-from rules.config import Config
+from congvu.commands.common import EXIT_MANUAL, EXIT_OK, EXIT_REFUSED, UsageError, add_config_args, config_for
+from congvu.config import Config
+from congvu.output import Output
 
 if TYPE_CHECKING:
-    from rules.names import AddressSuggestion, NamingError
+    from congvu.rules.names import AddressSuggestion, NamingError
 
 _SUGGEST_EPILOG = """\
 ranks (CT25-4.3b: on the same day the higher rank keeps the plain form):
@@ -105,7 +105,7 @@ def _print(out: Output, s: AddressSuggestion, cfg: Config) -> None:
 
 
 def _suggest(args: argparse.Namespace, out: Output) -> int:
-    from rules.names import NamingError, Request, display_name, parse_name, rank_of, suggest_batch
+    from congvu.rules.names import NamingError, Request, display_name, parse_name, rank_of, suggest_batch
 
     cfg = config_for(args)
     try:
@@ -145,7 +145,7 @@ def _suggest(args: argparse.Namespace, out: Output) -> int:
 
 
 def _agency(args: argparse.Namespace, out: Output) -> int:
-    from rules.names import NamingError, agency_address
+    from congvu.rules.names import NamingError, agency_address
 
     cfg = config_for(args)
     try:
@@ -157,7 +157,7 @@ def _agency(args: argparse.Namespace, out: Output) -> int:
 
 
 def _unit(args: argparse.Namespace, out: Output) -> int:
-    from rules.names import NamingError, unit_address
+    from congvu.rules.names import NamingError, unit_address
 
     cfg = config_for(args)
     try:
@@ -177,7 +177,7 @@ def _emit(out: Output, s: AddressSuggestion, cfg: Config, as_json: bool) -> None
 
 def _refused(out: Output, e: NamingError, cfg: Config, as_json: bool) -> int:
     """An abbreviation the regulation does not allow: exit 1 with the reason."""
-    from rules.requirements import citation
+    from congvu.rules.requirements import citation
 
     text = e.reason(cfg.language)
     if as_json:

@@ -9,14 +9,30 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Any
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from directory.cli import EXIT_OK, EXIT_REFUSED, UsageError, add_config_args, config_for
-from directory.output import Output
+import congvu
+from congvu.commands.common import EXIT_OK, EXIT_REFUSED, UsageError, add_config_args, config_for
+from congvu.output import Output
+from congvu.rules.profiles import DEFAULT_PROFILE
+
+if TYPE_CHECKING:
+    from congvu.config import Config
+    from congvu.endpoints import Listener
+    from congvu.policyd.server import PolicyService
+
+#: How a worker process starts the command line: the same interpreter, without a console script.
+CLI = "import sys; from congvu.cli import main; sys.exit(main())"
+#: A worker's first inherited listening socket (policyd.workers: 0 control, 1-2 logs, 3 stats).
+FIRST_SOCKET_FD = 4
 
 
 def register(sub: Any) -> None:
@@ -28,22 +44,88 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_run)
     psub = p.add_subparsers(dest="policyd_command")
     stats = psub.add_parser("stats", help="decision counters of the running server")
-    add_config_args(stats)
+    stats.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="config file")
+    stats.add_argument("--profile", metavar="P", default=argparse.SUPPRESS, help="profile")
     stats.add_argument("--url", help="metrics URL (default: from [policyd] stats_listen)")
     stats.add_argument("--json", action="store_true", help="machine-readable output")
     stats.set_defaults(func=_stats)
     explain = psub.add_parser("explain", help="which checks run on the request(s) on stdin, and why")
-    add_config_args(explain)
+    # SUPPRESS: `congvu policyd --config X explain` keeps X when explain is given no --config of its own.
+    explain.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="config file")
+    explain.add_argument("--profile", metavar="P", default=argparse.SUPPRESS, help="profile")
     explain.add_argument("--json", action="store_true", help="machine-readable output")
     explain.set_defaults(func=_explain)
 
 
 def _run(args: argparse.Namespace, out: Output) -> int:
+    from congvu.serve import build_services, run
     if getattr(args, "worker", None) is not None:
-        from policyd.workers import run_worker
-        return run_worker(args, out)
-    from directory.cmd_serve import run_services
-    return run_services(["policyd"], args, out)
+        return _run_worker(args, out)
+    return run(args, out, lambda cfg, reactor, listen: build_services(cfg, reactor, listen, ["policyd"]))
+
+
+def worker_argv(service: PolicyService, executable: str = sys.executable) -> Callable[[int, Sequence[int]], list[str]]:
+    """How the master starts worker ``index`` on the sockets ``fds``: this interpreter, this config.
+
+    Read at each spawn, so a restarted child resolves the profile as the master's next
+    reload would: a profile line in the file wins anyway; otherwise only a --profile other
+    than the default changed it.
+    """
+    def argv(index: int, fds: Sequence[int]) -> list[str]:
+        cfg = service.cfg
+        out = [executable, "-c", CLI, "policyd", "--worker", str(index), "--worker-fds", ",".join(map(str, fds))]
+        if cfg.origins["profile"].source != "file" and cfg.profile.name != DEFAULT_PROFILE:
+            out += ["--profile", cfg.profile.name]
+        if cfg.path != "<defaults>":
+            out += ["--config", cfg.path]
+        return out
+    return argv
+
+
+def worker_env() -> dict[str, str]:
+    """The children's environment: this one, with the directory holding ``congvu`` first on PYTHONPATH."""
+    env = dict(os.environ)
+    root = str(Path(congvu.__file__).absolute().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def parse_fds(text: str) -> tuple[int, ...]:
+    try:
+        fds = tuple(int(x) for x in text.split(",") if x)
+    except ValueError:
+        raise UsageError(f"--worker-fds: expected descriptors such as 4,5, got {text!r}") from None
+    if not fds or min(fds) < FIRST_SOCKET_FD:
+        raise UsageError(f"--worker-fds: expected descriptors from {FIRST_SOCKET_FD} up, got {text!r}")
+    return fds
+
+
+def _run_worker(args: argparse.Namespace, out: Output) -> int:
+    """``congvu policyd --worker N --worker-fds 4,5``: serve the inherited sockets until told to stop."""
+    from congvu.policyd.server import PolicyService
+    from congvu.policyd.workers import WorkerControl
+    from congvu.serve import run
+
+    index, fds = int(args.worker), parse_fds(args.worker_fds or "")
+
+    def build(cfg: Config, reactor: Any, listen: Listener) -> list[Any]:
+        policy = PolicyService(cfg, reactor, adopt=fds)
+        return [policy, WorkerControl(reactor, index, lambda: policy.stats, lambda: policy.listening)]
+
+    def signals() -> None:
+        # Ctrl-C in a terminal reaches the whole process group: the master decides when workers stop.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # A SIGTERM to the process group and the master's own both arrive: stop once.
+        stop = signal.getsignal(signal.SIGTERM)
+
+        def once(signum: int, frame: Any) -> None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            if callable(stop):
+                stop(signum, frame)
+
+        signal.signal(signal.SIGTERM, once)
+
+    return run(args, out, build, tag=f"w{index}", announce=False, when_running=signals)
 
 
 def metrics_url(stats_listen: tuple[str, ...]) -> str | None:
@@ -67,7 +149,7 @@ def metrics_url(stats_listen: tuple[str, ...]) -> str | None:
 
 
 def _stats(args: argparse.Namespace, out: Output) -> int:
-    from policyd.stats import parse_metrics
+    from congvu.policyd.stats import parse_metrics
     url = args.url
     if not url:
         cfg = config_for(args)
@@ -97,11 +179,11 @@ def _stats(args: argparse.Namespace, out: Output) -> int:
 
 
 def _explain(args: argparse.Namespace, out: Output) -> int:
-    from policyd.checks.base import Context, CountedInstances
-    from policyd.engine import Engine
-    from policyd.lookup import AccountLookup
-    from policyd.protocol import PolicyParser, PolicyProtocolError
-    from policyd.server import open_stores
+    from congvu.policyd.checks.base import Context, CountedInstances
+    from congvu.policyd.engine import Engine
+    from congvu.policyd.lookup import AccountLookup
+    from congvu.policyd.protocol import PolicyParser, PolicyProtocolError
+    from congvu.policyd.server import open_stores
     cfg = config_for(args)
     data = sys.stdin.buffer.read()
     if data and not data.endswith(b"\n\n"):

@@ -7,10 +7,11 @@ import json
 import textwrap
 from typing import Any
 
-from directory.cli import EXIT_OK, add_config_args, config_for
-from directory.output import Output
-from rules.config import SECTIONS, redact
-from rules.requirements import citation
+from congvu.commands.common import EXIT_OK, add_config_args, config_for
+from congvu.config import SECTIONS
+from congvu.output import Output
+from congvu.rules.config import redact
+from congvu.rules.requirements import citation
 
 
 def register(sub: Any) -> None:

@@ -1,64 +1,16 @@
-"""``congvu serve``: every long-running service of the suite, in one process and one reactor.
+"""Logging for the long-running commands: one line per event on stderr, buffered, whole lines per write.
 
-Services are a registry of starters.  A starter is ``start(cfg, reactor)`` returning a
-Deferred that fires with a :class:`RunningService` once it listens; adding a service
-(the auth daemon, the quota service) is one line in :data:`SERVICES`.  SIGHUP re-reads
-the config file: a valid one is handed to every service's ``reload``; an invalid one is
-logged and the running config kept.  ``congvu policyd`` uses the same runner with one
-service.
+Every service logs through ``twisted.logger`` (one line per decision, with its rule id
+and citation); this module is the one observer the composition root installs.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
 import select
-import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any, Protocol
-
-from directory.cli import EXIT_OK, EXIT_REFUSED, add_config_args, config_for
-from directory.output import Output
-from rules.config import Config, ConfigError, load_config, resolve_path
-
-
-class RunningService(Protocol):
-    name: str
-    #: What it listens on, one line each, printed at start-up.
-    listening: list[str]
-
-    def reload(self, cfg: Config) -> None: ...
-
-    def stop(self) -> Any: ...
-
-
-#: Service name → "module:function" of its starter, in start order.
-SERVICES: dict[str, str] = {
-    "policyd": "policyd.server:start",
-    "authd": "authhooks.authd:start",
-}
-
-
-def starter(name: str) -> Callable[[Config, Any], Any]:
-    module, _, func = SERVICES[name].partition(":")
-    fn: Callable[[Config, Any], Any] = getattr(importlib.import_module(module), func)
-    return fn
-
-
-def register(sub: Any) -> None:
-    p = sub.add_parser("serve", help="run every long-running service (what scripts/run.sh starts)")
-    add_config_args(p)
-    p.add_argument("--only", action="append", choices=sorted(SERVICES), metavar="SERVICE",
-                   help=f"run only this service (repeatable; known: {', '.join(SERVICES)})")
-    p.set_defaults(func=_serve)
-
-
-def _serve(args: argparse.Namespace, out: Output) -> int:
-    return run_services(args.only or list(SERVICES), args, out)
+from typing import Any
 
 
 class BufferedLog:
@@ -202,62 +154,3 @@ def start_logging(stream: Any = None, reactor: Any = None, interval: float = 0.0
     if reactor is not None:
         buffer.start(reactor, interval)
     return buffer
-
-
-def reread(path: str | Path | None, profile: str | None, log: Any) -> Config | None:
-    """The config file again, for a SIGHUP; None (and one error line) if it is refused: keep the running one."""
-    try:
-        return load_config(path, profile=profile)
-    except ConfigError as e:
-        log.error("reload refused, keeping the running configuration: {err}", err=str(e))
-        return None
-
-
-def run_services(names: Sequence[str], args: argparse.Namespace, out: Output) -> int:
-    """Start ``names`` in one reactor, print where they listen, run until SIGTERM/SIGINT."""
-    cfg = config_for(args)  # a ConfigError stops here with one sentence (cli.main)
-    path = resolve_path(getattr(args, "config", None))
-    profile = getattr(args, "profile", None)
-    from twisted.internet import defer
-    from twisted.internet import reactor as _reactor
-    reactor: Any = _reactor
-    from twisted.logger import Logger
-    log = Logger(namespace="congvu.serve")
-    logbuf = start_logging(reactor=reactor)
-    running: list[RunningService] = []
-    exit_code = [EXIT_OK]
-
-    def reload() -> None:
-        new = reread(path, profile, log)
-        if new is not None:
-            for svc in running:
-                svc.reload(new)
-
-    def started(services: list[RunningService]) -> None:
-        running.extend(services)
-        for svc in services:
-            for line in svc.listening:
-                out.line(f"{svc.name}: listening on {line}")
-        out.line(f"congvu serve: {len(services)} service(s) running with {cfg.path} "
-                 f"(profile {cfg.profile.name}); SIGHUP reloads, SIGTERM stops")
-        out.out.flush()
-        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(reload))
-
-    def failed(f: Any) -> None:
-        err = f.value.subFailure.value if isinstance(f.value, defer.FirstError) else f.value
-        out.error(f"congvu: cannot start: {err}")
-        exit_code[0] = EXIT_REFUSED
-        reactor.stop()
-
-    def go() -> None:
-        ds = [defer.maybeDeferred(starter(n), cfg, reactor) for n in names]
-        defer.gatherResults(ds, consumeErrors=True).addCallbacks(started, failed)
-
-    def shutdown() -> Any:
-        return defer.gatherResults([defer.maybeDeferred(s.stop) for s in running], consumeErrors=True)
-
-    reactor.callWhenRunning(go)
-    reactor.addSystemEventTrigger("before", "shutdown", shutdown)
-    reactor.run()
-    logbuf.close()
-    return exit_code[0]
