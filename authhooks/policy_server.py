@@ -33,7 +33,7 @@ from twisted.web.server import NOT_DONE_YET
 from congvu.authhooks.service import AuthService
 from congvu.rules.errors import ProtocolError
 
-log = Logger(namespace="congvu.authhooks.policy")
+log = Logger()
 
 MAX_BODY = 16384
 _TRUE = ("yes", "y", "1", "true")

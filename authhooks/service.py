@@ -53,19 +53,19 @@ from congvu.directory.model import (
     DirectoryUnavailable,
     StateUnavailable,
 )
+from congvu.rules.addresses import canonical
 from congvu.rules.decision import Decision, Verdict
 from congvu.rules.errors import ProtocolError
 from congvu.rules.lifecycle import AccountState
 from congvu.rules.limits import dovecot_quota_rule, effective_quota, message_size_limit
 from congvu.rules.passwords import ExpiryState, PasswordCheck, PasswordPolicy, normalize_password, password_state_for
 
-log = Logger(namespace="congvu.authhooks")
+log = Logger()
 
 Clock = Callable[[], datetime]
 
 _ADDRESS = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?@(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+"
                       r"[a-z]{2,63}$")
-_LOCAL = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")
 
 
 class LoginStatus(enum.Enum):
@@ -192,10 +192,8 @@ class AuthService:
             wire.check_login(username)
         except ProtocolError:
             return None
-        name = username.strip().lower()
-        if "@" not in name:
-            name = f"{name}@{self.cfg.domain}" if _LOCAL.match(name) else ""
-        return name if _ADDRESS.match(name) else None
+        name = canonical(username, self.cfg.domain)
+        return name if name is not None and _ADDRESS.match(name) else None
 
     # ------------------------------------------------------------------ login
 

@@ -107,7 +107,7 @@ def run(args: argparse.Namespace, out: Output, build: Build, *, tag: str = "", a
     from congvu.endpoints import Listener
     from congvu.logging import start_logging
     reactor: Any = _reactor
-    log = Logger(namespace="congvu.serve")
+    log = Logger()
     logbuf = start_logging(reactor=reactor, tag=tag)
     services = build(cfg, reactor, Listener(reactor))  # stores open here: an outage is one line from cli.main
     root: Any = MultiService()  # type: ignore[no-untyped-call]

@@ -26,7 +26,9 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel
 from twisted.logger import Logger
 
-from congvu.directory.counters import (
+from congvu.directory.model import LoginStamp, RateDecision, StateUnavailable
+from congvu.directory.settings import StoreConfig
+from congvu.directory.windows import (
     BUCKETS,
     MAX_FINGERPRINTS,
     Mode,
@@ -37,18 +39,15 @@ from congvu.directory.counters import (
     fingerprint_digest,
     limit_specs,
     ms,
-    read_password_file,
     specs,
     window_ms,
 )
-from congvu.directory.model import LoginStamp, RateDecision, StateUnavailable
-from congvu.directory.settings import StoreConfig
 from congvu.rules.errors import ConfigError
 
 T = TypeVar("T")
-_log = Logger(namespace="congvu.counters.redis")
+_log = Logger()
 
-#: The window arithmetic of :func:`directory.counters.decide` in Lua: the ONE copy both
+#: The window arithmetic of :func:`congvu.directory.windows.decide` in Lua: the ONE copy both
 #: scripts run (``COUNTER_LUA`` here, ``policyd.redis_native.MULTI_LUA`` for batches); the
 #: backend-neutral tests hold it to ``decide`` (CT25-3.1 rate limits, CT25-3.2 lockouts).
 #: A key is read once (HGETALL) into a cache ``st``: entries ``field, window, expiry, amount``
@@ -234,6 +233,21 @@ for j = 1, #pending, 2 do
 end
 return out
 """
+
+def read_password_file(cfg: StoreConfig) -> str | None:
+    """The Redis password from ``state.password_file`` (first line), or None when unset."""
+    path = cfg.state.password_file
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            line = f.readline().rstrip("\r\n")
+    except OSError as e:
+        raise ConfigError(cfg.path, "state.password_file", f"cannot read: {e.strerror or e}") from None
+    if not line:
+        raise ConfigError(cfg.path, "state.password_file", "the file is empty")
+    return line
+
 
 _HOSTPORT = re.compile(r"^\[?(?P<host>[^\]]+?)\]?:(?P<port>\d{1,5})$")
 

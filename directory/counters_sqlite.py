@@ -17,7 +17,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
-from congvu.directory.counters import (
+from congvu.directory.model import LoginStamp, RateDecision, StateUnavailable
+from congvu.directory.windows import (
     MAX_FINGERPRINTS,
     Mode,
     WindowSpec,
@@ -30,7 +31,6 @@ from congvu.directory.counters import (
     specs,
     window_ms,
 )
-from congvu.directory.model import LoginStamp, RateDecision, StateUnavailable
 
 SCHEMA_VERSION = 1
 SWEEP_EVERY_MS = 60_000

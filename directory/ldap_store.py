@@ -55,15 +55,15 @@ from congvu.directory.model import (
     AccountNotFound,
     DirectoryError,
     DirectoryUnavailable,
-    lookup_key,
     normalise,
 )
 from congvu.directory.settings import DirectorySettings
+from congvu.rules.addresses import canonical
 from congvu.rules.config import MAILBOX_TYPES
 from congvu.rules.lifecycle import AccountState
 from congvu.rules.requirements import citation
 
-log = Logger(namespace="congvu.directory.ldap")
+log = Logger()
 
 T = TypeVar("T")
 
@@ -487,7 +487,7 @@ class LdapAccountStore:
     # ------------------------------------------------------------------ AccountStore
 
     def get(self, address: str) -> Account | None:
-        key = lookup_key(address)
+        key = canonical(address)
         if key is None:
             return None
         found = self._call("get", lambda conn, _d: self._find(conn, key))
@@ -496,7 +496,7 @@ class LdapAccountStore:
     def add(self, account: Account) -> None:
         account = normalise(account)
         address = account.address
-        if lookup_key(address) != address or any(lookup_key(x) != x for x in account.aliases):
+        if canonical(address) != address or any(canonical(x) != x for x in account.aliases):
             raise ValueError(f"not a storable address: {address!r}")
         a = self.attrs
         dn = f"{a['uid']}={escape_rdn(address)},{self.base_dn}"
@@ -521,7 +521,7 @@ class LdapAccountStore:
         unknown = set(changes) - UPDATABLE
         if unknown:
             raise ValueError(f"cannot change {', '.join(sorted(unknown))}")
-        key = lookup_key(address)
+        key = canonical(address)
         if key is None:
             raise AccountNotFound(address)
 
@@ -533,7 +533,7 @@ class LdapAccountStore:
             old = self.from_entry(raw)
             new = normalise(replace(old, **changes))
             if "aliases" in changes:
-                if any(lookup_key(x) != x for x in new.aliases):
+                if any(canonical(x) != x for x in new.aliases):
                     raise ValueError("not a storable alias")
                 clash = self._taken(conn, list(new.aliases), dn)
                 if clash is not None:
@@ -552,7 +552,7 @@ class LdapAccountStore:
         return self._call("update", op)
 
     def delete(self, address: str) -> None:
-        key = lookup_key(address)
+        key = canonical(address)
         if key is None:
             raise AccountNotFound(address)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
+from congvu.rules.addresses import canonical
 from congvu.rules.config import MAILBOX_TYPES, MailboxType
 from congvu.rules.errors import CongvuError, Unavailable
 from congvu.rules.lifecycle import AccountState
@@ -74,18 +75,6 @@ DATE_FIELDS = ("state_changed_at", "created_at", "password_changed_at", "last_lo
 UPDATABLE = frozenset(f.name for f in fields(Account)) - {"local_part", "domain"}
 
 
-def lookup_key(address: str) -> str | None:
-    """The form an address is searched by, or None for text no account can have (NUL, non-UTF-8)."""
-    if not isinstance(address, str) or "\x00" in address:
-        return None
-    key = address.strip().lower()
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError:
-        return None
-    return key or None
-
-
 def _utc(v: datetime | None) -> datetime | None:
     """``v`` in UTC (a naive datetime is taken as UTC)."""
     if v is None:
@@ -105,8 +94,8 @@ def normalise(account: Account) -> Account:
     return replace(
         account,
         local_part=account.local_part.lower(), domain=account.domain.lower(),
-        aliases=tuple(sorted({a.lower() for a in account.aliases} - {own})),
-        delegates=tuple(sorted({d.lower() for d in account.delegates})),
+        aliases=tuple(sorted({a for a in map(canonical, account.aliases) if a} - {own})),
+        delegates=tuple(sorted({d for d in map(canonical, account.delegates) if d})),
         password_history=tuple(account.password_history),
         state=AccountState(account.state),
         **times,
@@ -135,6 +124,28 @@ class AccountStore(Protocol):
         """Every local part in use (addresses and aliases), for clash checks."""
 
     def close(self) -> None: ...
+
+
+class UnavailableStore:
+    """The AccountStore of a backend that could not be opened: every call raises DirectoryUnavailable.
+
+    A daemon still starts without its directory (size checks need none); the checks that
+    need an account apply their failure policy, and a reload retries the backend.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason or "directory not opened"
+
+    def __repr__(self) -> str:
+        return f"UnavailableStore({self.reason!r})"
+
+    def _fail(self, *args: Any, **kwargs: Any) -> Any:
+        raise DirectoryUnavailable(self.reason)
+
+    get = add = update = delete = list = local_parts = _fail
+
+    def close(self) -> None:
+        pass
 
 
 class RateDecision(NamedTuple):

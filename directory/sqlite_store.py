@@ -34,9 +34,9 @@ from congvu.directory.model import (
     AccountNotFound,
     DirectoryError,
     DirectoryUnavailable,
-    lookup_key,
     normalise,
 )
+from congvu.rules.addresses import canonical
 from congvu.rules.lifecycle import AccountState
 
 log = Logger()
@@ -231,7 +231,7 @@ class SqliteAccountStore:
         return row
 
     def get(self, address: str) -> Account | None:
-        key = lookup_key(address)
+        key = canonical(address)
         if key is None:
             return None
         try:
@@ -330,7 +330,7 @@ class SqliteAccountStore:
     def add(self, account: Account) -> None:
         account = normalise(account)
         address = account.address
-        if lookup_key(address) != address or any(lookup_key(a) != a for a in account.aliases):
+        if canonical(address) != address or any(canonical(a) != a for a in account.aliases):
             raise ValueError(f"not a storable address: {address!r}")
 
         def work(db: sqlite3.Connection) -> None:
@@ -350,7 +350,7 @@ class SqliteAccountStore:
         unknown = set(changes) - UPDATABLE
         if unknown:
             raise ValueError(f"cannot change {', '.join(sorted(unknown))}")
-        key = lookup_key(address)
+        key = canonical(address)
         if key is None:
             raise AccountNotFound(address)
 
@@ -361,7 +361,7 @@ class SqliteAccountStore:
             account_id = int(row[0])
             new = normalise(replace(self._row_to_account(row), **changes))
             if "aliases" in changes:
-                if any(lookup_key(a) != a for a in new.aliases):
+                if any(canonical(a) != a for a in new.aliases):
                     raise ValueError("not a storable alias")
                 clash = self._taken(db, list(new.aliases), account_id)
                 if clash is not None:
@@ -377,7 +377,7 @@ class SqliteAccountStore:
         return result
 
     def delete(self, address: str) -> None:
-        key = lookup_key(address)
+        key = canonical(address)
         if key is None:
             raise AccountNotFound(address)
 

@@ -40,24 +40,23 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from congvu.directory.counters import (
+from congvu.directory.counters_redis import COUNTER_LIB, COUNTER_LUA, read_password_file
+from congvu.directory.model import RateDecision, StateUnavailable
+from congvu.directory.windows import (
     BUCKETS,
     WindowSpec,
     bucket_ms,
     check_amount,
     limit_specs,
     ms,
-    read_password_file,
     specs,
 )
-from congvu.directory.counters_redis import COUNTER_LIB, COUNTER_LUA
-from congvu.directory.model import RateDecision, StateUnavailable
 from congvu.policyd.checks.rates import Call
 from congvu.policyd.sendnow import Sender
 from congvu.policyd.settings import PolicydConfig
 from congvu.rules.errors import CongvuError
 
-log = Logger(namespace="congvu.policyd.redis")
+log = Logger()
 
 _SHA = hashlib.sha1(COUNTER_LUA.encode()).hexdigest()
 

@@ -31,11 +31,18 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from congvu.directory.model import AccountStore, CounterStore, DirectoryUnavailable, RateDecision, StateUnavailable
+from congvu.directory.cache import CachedAccountStore
+from congvu.directory.model import (
+    AccountStore,
+    CounterStore,
+    DirectoryUnavailable,
+    RateDecision,
+    StateUnavailable,
+    UnavailableStore,
+)
 from congvu.policyd.checks.base import Context, CountedInstances, Result
 from congvu.policyd.checks.rates import RatesCheck
 from congvu.policyd.engine import Engine, Evaluation, Pending
-from congvu.policyd.lookup import AccountLookup
 from congvu.policyd.protocol import DUNNO_REPLY, PolicyParser, PolicyProtocolError, PolicyRequest, format_reply
 from congvu.policyd.redis_native import NativeCounters
 from congvu.policyd.sendnow import Sender
@@ -58,28 +65,30 @@ def _observe(event: dict[str, Any]) -> None:
 MAX_QUEUED = 64
 
 
-def open_stores(cfg: PolicydConfig) -> tuple[AccountStore | None, str, CounterStore | None, str]:
-    """The directory (uncached: :class:`AccountLookup` caches) and the counter store.
+def open_stores(cfg: PolicydConfig) -> tuple[AccountStore, CounterStore | None, str]:
+    """The directory (uncached: the engine's CachedAccountStore caches) and the counter store.
 
-    A store that cannot be opened is None with the reason: the server still starts, size
-    checks keep working, and the checks that need the store apply their failure policy.
+    A directory that cannot be opened is an :class:`UnavailableStore`, a counter store None
+    with the reason: the server still starts, size checks keep working, and the checks that
+    need a store apply their failure policy until a reload opens it.
     """
-    accounts: AccountStore | None = None
+    accounts: AccountStore
     counters: CounterStore | None = None
-    a_reason = c_reason = ""
+    c_reason = ""
     try:
         from congvu.directory.accounts import open_store
         accounts = open_store(cfg)
     except Exception as e:
-        a_reason = f"directory ({cfg.directory.backend}) not opened: {e}"
-        log.error("policyd: {reason}; account checks apply their failure policy until a reload", reason=a_reason)
+        accounts = UnavailableStore(f"directory ({cfg.directory.backend}) not opened: {e}")
+        log.error("policyd: {reason}; account checks apply their failure policy until a reload",
+                  reason=accounts.reason)
     try:
         from congvu.directory.counters import open_counters
         counters = open_counters(cfg)
     except Exception as e:
         c_reason = f"counter store ({cfg.state.backend}) not opened: {e}"
         log.error("policyd: {reason}; rate limits apply their failure policy until a reload", reason=c_reason)
-    return accounts, a_reason, counters, c_reason
+    return accounts, counters, c_reason
 
 
 def describe(addr: IAddress) -> str:
@@ -358,26 +367,26 @@ class PolicyService(Service):
         octx = old.ctx if old is not None else None
         if octx is not None and octx.cfg.directory == cfg.directory and octx.cfg.state == cfg.state \
                 and octx.cfg.state_dir == cfg.state_dir:
-            store, a_reason = octx.accounts.store, octx.accounts.unavailable_reason
+            store = octx.accounts.inner
             counters, c_reason = octx.counters, octx.counters_reason
-            if store is None or counters is None:  # a reload retries what failed to open
-                s2, a2, c2, cr2 = open_stores(cfg)
-                if store is None:
-                    store, a_reason = s2, a2
-                elif s2 is not None:
+            if isinstance(store, UnavailableStore) or counters is None:  # a reload retries what failed to open
+                s2, c2, cr2 = open_stores(cfg)
+                if isinstance(store, UnavailableStore):
+                    store = s2
+                else:
                     s2.close()
                 if counters is None:
                     counters, c_reason = c2, cr2
                 elif c2 is not None:
                     c2.close()
         else:
-            store, a_reason, counters, c_reason = open_stores(cfg)
+            store, counters, c_reason = open_stores(cfg)
         if octx is None or octx.cfg.state != cfg.state or self.native is None:
             if self.native is not None:
                 self.native.close()
             self.native = NativeCounters(cfg, self.reactor) if NativeCounters.supported(cfg) else None
-        lookup = AccountLookup(store, ttl=cfg.directory.cache_ttl.total_seconds(), size=cfg.directory.cache_size,
-                               clock=self.monotonic, unavailable_reason=a_reason)
+        lookup = CachedAccountStore(store, size=cfg.directory.cache_size, ttl=cfg.directory.cache_ttl.total_seconds(),
+                                    clock=self.monotonic)
         ctx = Context(cfg=cfg, accounts=lookup, counters=counters, clock=self.clock, counted=self.counted,
                       counters_reason=c_reason)
         return Engine(ctx, cfg.policyd.disabled_checks)
@@ -512,8 +521,8 @@ class PolicyService(Service):
         self.stats.reloads_ok += 1
         octx, nctx = old.ctx, engine.ctx
         stale: list[Any] = []
-        if octx.accounts.store is not None and octx.accounts.store is not nctx.accounts.store:
-            stale.append(octx.accounts.store)
+        if octx.accounts.inner is not nctx.accounts.inner:
+            stale.append(octx.accounts.inner)
         if octx.counters is not None and octx.counters is not nctx.counters:
             stale.append(octx.counters)
         if stale:  # threads may still be using them: close a little later

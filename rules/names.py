@@ -41,14 +41,10 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
 
-from twisted.logger import Logger
-
 from congvu.rules.config import RulesConfig
 from congvu.rules.decision import Language
 from congvu.rules.errors import InvalidInput
 from congvu.rules.requirements import citation
-
-_log = Logger(namespace="congvu.names")
 
 #: RFC 5321 §4.5.3.1.1: the longest local part a server must accept.
 MAX_LOCAL_PART = 64
@@ -231,13 +227,6 @@ def _manual(rule: str, vi: str, en: str) -> AddressSuggestion:
     return AddressSuggestion(None, None, rule, True, vi, en)
 
 
-def _logged(s: AddressSuggestion, what: str) -> AddressSuggestion:
-    _log.info("address {what}: {outcome} ({rule}: {citation}) {reason}", what=what,
-              outcome="manual" if s.manual else s.address, rule=s.rule, citation=s.citation,
-              reason=s.reason_en)
-    return s
-
-
 def _norm_taken(taken: Iterable[str]) -> set[str]:
     """Local parts compared case-insensitively; a full address counts by its local part."""
     return {t.strip().lower().partition("@")[0] for t in taken if t.strip()}
@@ -299,11 +288,11 @@ def agency_address(abbreviation: str, cfg: RulesConfig, taken: Collection[str] =
     rule = _RULES[cfg.naming.scheme]["agency"]
     abbr = validate_abbreviation(abbreviation, cfg)
     if abbr in _norm_taken(taken):
-        return _logged(_manual(
+        return _manual(
             rule, f"“{abbr}” đã được dùng; chọn tên viết tắt dài hơn (ví dụ Sở Ngoại vụ: songoaivu).",
-            f"{abbr!r} is taken; choose a longer abbreviation (e.g. Sở Ngoại vụ: songoaivu)."), "agency")
-    return _logged(_chosen(abbr, cfg, rule, "Tên viết tắt của cơ quan, chưa trùng.",
-                           "The agency's abbreviation, not yet taken."), "agency")
+            f"{abbr!r} is taken; choose a longer abbreviation (e.g. Sở Ngoại vụ: songoaivu).")
+    return _chosen(abbr, cfg, rule, "Tên viết tắt của cơ quan, chưa trùng.",
+                   "The agency's abbreviation, not yet taken.")
 
 
 def unit_address(unit: str, agency: str, cfg: RulesConfig, taken: Collection[str] = ()) -> AddressSuggestion:
@@ -313,10 +302,10 @@ def unit_address(unit: str, agency: str, cfg: RulesConfig, taken: Collection[str
     a = validate_agency_ref(agency, cfg)
     local = f"{u}.{a}"
     if local in _norm_taken(taken):
-        return _logged(_manual(rule, f"“{local}” đã được dùng; cán bộ quản trị chọn tên khác cho đơn vị.",
-                               f"{local!r} is taken; the administrator picks another name for the unit."), "unit")
-    return _logged(_chosen(local, cfg, rule, "Tên viết tắt của đơn vị, dấu chấm, tên viết tắt của cơ quan.",
-                           "The unit's abbreviation, a dot, the agency's abbreviation."), "unit")
+        return _manual(rule, f"“{local}” đã được dùng; cán bộ quản trị chọn tên khác cho đơn vị.",
+                       f"{local!r} is taken; the administrator picks another name for the unit.")
+    return _chosen(local, cfg, rule, "Tên viết tắt của đơn vị, dấu chấm, tên viết tắt của cơ quan.",
+                   "The unit's abbreviation, a dot, the agency's abbreviation.")
 
 
 # --------------------------------------------------------------------------- display names
@@ -483,7 +472,7 @@ def suggest_batch(requests: Sequence[Request], cfg: RulesConfig, *, agency: str 
         for (_, first), members in groups.items():
             serve = _serve_ct25 if scheme == "ct25" else _serve_th13
             out.update(serve(first, members, requests, cfg, used))
-    return tuple(_logged(out[i], "personal") for i in range(len(requests)))
+    return tuple(out[i] for i in range(len(requests)))
 
 
 def _serve_ct15(chain: list[str], cfg: RulesConfig, used: set[str]) -> AddressSuggestion:

@@ -31,17 +31,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
-from importlib import resources
 from types import MappingProxyType
 
 import zxcvbn
-from twisted.logger import Logger
 
+from congvu.rules.common_passwords import WORDS
 from congvu.rules.config import MailboxType, PasswordSettings, RulesConfig
 from congvu.rules.decision import Decision, Verdict
 from congvu.rules.names import strip_marks
-
-log = Logger()
 
 #: zxcvbn's matchers are quadratic or worse in the length (measured on 2 cores: a random
 #: 100-character password ~0.25 s, 200 characters ~0.9 s, 400 characters ~5 s), and its
@@ -106,13 +103,10 @@ def _alnum(folded: str) -> str:
 
 @lru_cache(maxsize=1)
 def common_words() -> tuple[str, ...]:
-    """The shipped list ``rules/data/common_passwords_vi.txt``, in file order (most telling first)."""
-    text = resources.files("congvu.rules").joinpath("data/common_passwords_vi.txt").read_text(encoding="utf-8")
+    """The shipped list (:mod:`congvu.rules.common_passwords`) folded, in its order (most telling first)."""
     seen: dict[str, None] = {}
-    for line in text.splitlines():
-        word = line.strip()
-        if word and not word.startswith("#"):
-            seen.setdefault(fold(word), None)
+    for word in WORDS:
+        seen.setdefault(fold(word), None)
     return tuple(seen)
 
 
@@ -196,10 +190,10 @@ class PasswordPolicy:
         """
         s = self.settings
         if len(password) > RAW_LENGTH_FACTOR * s.max_length:
-            return self._logged(local_part, self.too_long())
+            return self.too_long()
         pw = normalize_password(password)
         if len(pw) > s.max_length:
-            return self._logged(local_part, self.too_long())
+            return self.too_long()
 
         reasons: list[_Reason] = []
         if any(unicodedata.category(c) in ("Cc", "Cs") for c in pw):
@@ -246,7 +240,7 @@ class PasswordPolicy:
                 "Hãy dùng một cụm từ dài hơn, ít gặp hơn.",
                 f"The password is too easy to guess (strength {score}/4, at least {s.min_score}/4 "
                 "needed). Use a longer, less common phrase.")))
-        return self._logged(local_part, _result(reasons, score))
+        return _result(reasons, score)
 
     def _composition(self, pw: str) -> list[_Reason]:
         """Length and the four classes of CT25-5.3 / CT15-10.3, counted over Unicode."""
@@ -282,16 +276,6 @@ class PasswordPolicy:
         with _zxcvbn_lock:
             result = zxcvbn.zxcvbn(pw[:ZXCVBN_MAX_CHARS], user_inputs=inputs, max_length=ZXCVBN_MAX_CHARS)
         return int(result["score"])
-
-    def _logged(self, local_part: str, result: PasswordCheck) -> PasswordCheck:
-        if result.accepted:
-            log.info("password check for {user}: accepted (score {score}; {rule})",
-                     user=local_part or "-", score=result.score, rule=self.rule("min_length"))
-        else:
-            log.info("password check for {user}: refused: {why}", user=local_part or "-",
-                     why="; ".join(f"{c} {d.rule_id} ({d.citation})"
-                                   for c, d in zip(result.codes, result.reasons, strict=True)))
-        return result
 
 
 def personal_words(*, local_part: str = "", full_name: str = "", agency: str = "") -> tuple[str, ...]:

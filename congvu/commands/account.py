@@ -19,6 +19,7 @@ from congvu.commands.common import EXIT_OK, EXIT_REFUSED, UsageError, add_config
 from congvu.config import Config
 from congvu.directory.model import Account, AccountExists, AccountNotFound, AccountStore, DirectoryError
 from congvu.output import Output
+from congvu.rules.addresses import canonical
 from congvu.rules.config import MAILBOX_TYPES, MailboxType
 from congvu.rules.errors import CongvuError
 from congvu.rules.lifecycle import AccountState, Event, InvalidTransition, Transition, apply, initial_state
@@ -196,11 +197,6 @@ def _full_name(text: str) -> str:
     return name
 
 
-def lookup_key(cfg: Config, text: str) -> str:
-    """What the operator typed, with the site domain added when left out (no other checks)."""
-    return text if "@" in text else f"{text}@{cfg.domain}"
-
-
 def _dt(v: datetime | None) -> str | None:
     return v.isoformat() if v else None
 
@@ -308,7 +304,7 @@ def _add(args: argparse.Namespace, out: Output, cfg: Config, store: AccountStore
 
 def _get(cfg: Config, store: AccountStore, text: str) -> Account:
     """The account the operator named, or AccountNotFound (exit 4) naming the full address."""
-    key = lookup_key(cfg, text)
+    key = canonical(text, cfg.domain) or text
     a = store.get(key)
     if a is None:
         raise AccountNotFound(key)

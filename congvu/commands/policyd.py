@@ -179,9 +179,9 @@ def _stats(args: argparse.Namespace, out: Output) -> int:
 
 
 def _explain(args: argparse.Namespace, out: Output) -> int:
+    from congvu.directory.cache import CachedAccountStore
     from congvu.policyd.checks.base import Context, CountedInstances
     from congvu.policyd.engine import Engine
-    from congvu.policyd.lookup import AccountLookup
     from congvu.policyd.protocol import PolicyParser, PolicyProtocolError
     from congvu.policyd.server import open_stores
     cfg = config_for(args)
@@ -196,9 +196,8 @@ def _explain(args: argparse.Namespace, out: Output) -> int:
         return EXIT_REFUSED
     if not requests:
         raise UsageError("no request on stdin (name=value lines, as Postfix sends them)")
-    store, a_reason, counters, c_reason = open_stores(cfg)
-    ctx = Context(cfg=cfg, accounts=AccountLookup(store, ttl=0, size=0, clock=time.monotonic,
-                                                  unavailable_reason=a_reason),
+    store, counters, c_reason = open_stores(cfg)
+    ctx = Context(cfg=cfg, accounts=CachedAccountStore(store, size=0, ttl=0),
                   counters=counters, clock=time.time, counted=CountedInstances(), counters_reason=c_reason,
                   dry_run=True)
     engine = Engine(ctx, p.disabled_checks)

@@ -16,10 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple
 
+from congvu.directory.cache import CachedAccountStore
 from congvu.directory.model import Account, CounterStore
-from congvu.policyd.lookup import AccountLookup, normalise
 from congvu.policyd.protocol import PolicyRequest
 from congvu.policyd.settings import PolicydConfig
+from congvu.rules.addresses import canonical
 from congvu.rules.config import MAILBOX_TYPES
 from congvu.rules.decision import Decision
 from congvu.rules.limits import message_size_limit
@@ -74,7 +75,7 @@ class Context:
     """Everything a check may consult; built once per config and shared by every request."""
 
     cfg: PolicydConfig
-    accounts: AccountLookup
+    accounts: CachedAccountStore
     counters: CounterStore | None
     clock: Callable[[], float]
     counted: CountedInstances
@@ -98,19 +99,17 @@ class Context:
         raw = req.sasl_username
         user = self._logins.get(raw)
         if user is None:
-            user = normalise(raw)
-            if "@" not in user:
-                user = f"{user}@{self.cfg.domain}"
+            user = canonical(raw, self.cfg.domain) or ""
             if len(self._logins) > 50_000:
                 self._logins.clear()
             self._logins[raw] = user
         return user
 
     def address(self, raw: str) -> str:
-        """``normalise(raw)``, remembered: the same senders come back request after request."""
+        """``canonical(raw)`` ("" for the null sender or garbage), remembered: senders repeat request after request."""
         addr = self._addresses.get(raw)
         if addr is None:
-            addr = normalise(raw)
+            addr = canonical(raw) or ""
             if len(self._addresses) > 50_000:
                 self._addresses.clear()
             self._addresses[raw] = addr

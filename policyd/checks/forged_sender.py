@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from congvu.policyd.checks.base import Check, Context, Result, passed
-from congvu.policyd.lookup import normalise
 from congvu.policyd.protocol import PolicyRequest
 from congvu.rules.decision import Decision, Verdict
 
@@ -29,7 +28,7 @@ class ForgedSenderCheck(Check):
             return _OUTSIDE
         if ctx.in_mynetworks(req.client_address):
             return passed(f"client {req.client_address} is in mynetworks")
-        domain = normalise(req.sender).rpartition("@")[2]
+        domain = ctx.address(req.sender).rpartition("@")[2]
         return Result(Decision(
             Verdict.REJECT, self.rule_id,
             text_vi=f"Thư mang địa chỉ gửi thuộc {domain} phải được gửi qua máy chủ thư sau khi đăng nhập",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from congvu.policyd.checks.account_state import BLOCKED
 from congvu.policyd.checks.base import Check, Context, Result, passed
-from congvu.policyd.lookup import normalise
 from congvu.policyd.protocol import PolicyRequest
 from congvu.rules.decision import Decision, Verdict
 
@@ -37,10 +36,10 @@ class SenderLoginCheck(Check):
             return _OWN
         account = ctx.accounts.get(login)
         if account is not None:
-            if sender == account.address or sender in {normalise(a) for a in account.aliases}:
+            if sender == account.address or sender in account.aliases:
                 return passed(f"sender is an address of {account.address}")
             owner = ctx.accounts.get(sender)
-            if owner is not None and account.address in {normalise(d) for d in owner.delegates}:
+            if owner is not None and account.address in owner.delegates:
                 blocked = BLOCKED.get(owner.state)
                 if blocked is not None:
                     rid, vi, en = blocked

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from congvu.config import config_from_mapping
-from congvu.directory.counters import LoginStampFlusher, bucket_ms, open_counters
+from congvu.directory.counters import LoginStampFlusher, open_counters
 from congvu.directory.model import Account, CounterStore
+from congvu.directory.windows import bucket_ms
 from tests.integration.servers.redis import RedisServer
 
 T0 = 1_800_000_000.0  # an injected clock; 2027-01-15

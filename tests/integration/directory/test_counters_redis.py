@@ -14,8 +14,9 @@ import pytest
 import redis
 
 from congvu.config import config_from_mapping
-from congvu.directory.counters import BUCKETS, open_counters
+from congvu.directory.counters import open_counters
 from congvu.directory.model import StateUnavailable
+from congvu.directory.windows import BUCKETS
 from congvu.rules.errors import ConfigError
 from tests.integration.servers.redis import RedisServer
 from tests.integration.support import free_port, need, wait_port

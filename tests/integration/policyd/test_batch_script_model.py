@@ -1,6 +1,6 @@
 """The batch script (MULTI_LUA) and the one-key script (COUNTER_LUA) on a real redis-server, against a model.
 
-The model is :func:`directory.counters.decide` over a dict of buckets, with the batch's rule
+The model is :func:`congvu.directory.windows.decide` over a dict of buckets, with the batch's rule
 spelled out in Python: a message's windows are checked in order (each seeing the ones before
 it as counted); at the first refusal the message is counted NOWHERE and its answers stop
 there; otherwise every window is counted, then each key drops the buckets stale at its
@@ -23,9 +23,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from congvu.config import config_from_mapping
-from congvu.directory.counters import BUCKETS, Mode, WindowSpec, bucket_expiry, bucket_ms, decide, ms, open_counters
+from congvu.directory.counters import open_counters
 from congvu.directory.counters_redis import RedisCounters
 from congvu.directory.model import RateDecision, StateUnavailable
+from congvu.directory.windows import BUCKETS, Mode, WindowSpec, bucket_expiry, bucket_ms, decide, ms
 from congvu.policyd.checks.rates import Call
 from congvu.policyd.redis_native import NativeCounters
 from tests.integration.policyd.conftest import turn

@@ -127,9 +127,9 @@ def test_a_frozen_redis_times_out_then_counting_resumes(tmp_path: Path, reactor:
 def test_retries_of_a_message_refused_on_recipients_spend_no_hourly_budget(tmp_path: Path, redis_server: RedisServer,
                                                                             reactor: Any) -> None:
     """All windows or none, on real Redis: native script and redis-py (the rate check's thread path) alike."""
+    from congvu.directory.cache import CachedAccountStore
     from congvu.policyd.checks.base import Context, CountedInstances
     from congvu.policyd.checks.rates import RatesCheck
-    from congvu.policyd.lookup import AccountLookup
     from congvu.policyd.protocol import PolicyRequest
     run = uuid.uuid4().hex[:8]
     now = time.time()
@@ -161,7 +161,7 @@ def test_retries_of_a_message_refused_on_recipients_spend_no_hourly_budget(tmp_p
     store.add(Account(local_part="u", domain="cantho.gov.vn", full_name="Nguyễn Văn Thử", mailbox_type="personal",
                       must_change=False, password_changed_at=datetime.now(UTC)))
     counters = open_counters(cfg)
-    ctx = Context(cfg=cfg, accounts=AccountLookup(store, ttl=1, size=10, clock=time.monotonic),
+    ctx = Context(cfg=cfg, accounts=CachedAccountStore(store, size=10, ttl=1),
                   counters=counters, clock=lambda: now, counted=CountedInstances())
     check = RatesCheck()
 

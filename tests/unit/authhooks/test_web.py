@@ -448,7 +448,7 @@ def test_wrong_current_password_is_logged_via_the_page_not_checkpassword(site: S
         site.browser({"user": "nvminh", "curpass": "Sai-Hiện-Tại-2", "newpass": NEW})
     finally:
         globalLogPublisher.removeObserver(events.append)
-    lines = [str(formatEvent(e)) for e in events if e.get("log_namespace") == "congvu.authhooks"]
+    lines = [str(formatEvent(e)) for e in events if e.get("log_namespace") == "congvu.authhooks.service"]
     logins = [ln for ln in lines if ln.startswith("login bad_password user=nvminh@cantho.gov.vn")]
     assert len(logins) == 2, lines
     assert "service=password-web" in logins[0] and "via=web-api" in logins[0]

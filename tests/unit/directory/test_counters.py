@@ -13,21 +13,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from congvu.config import config_from_mapping
-from congvu.directory.counters import (
+from congvu.directory.counters import LoginStampFlusher, open_counters
+from congvu.directory.counters_redis import RedisCounters
+from congvu.directory.counters_sqlite import SqliteCounters
+from congvu.directory.model import Account, AccountNotFound, DirectoryUnavailable
+from congvu.directory.windows import (
     BUCKETS,
-    LoginStampFlusher,
     WindowSpec,
     bucket_expiry,
     bucket_ms,
     decide,
     fingerprint_digest,
     limit_specs,
-    open_counters,
     specs,
 )
-from congvu.directory.counters_redis import RedisCounters
-from congvu.directory.counters_sqlite import SqliteCounters
-from congvu.directory.model import Account, AccountNotFound, DirectoryUnavailable
 from congvu.rules.errors import ConfigError
 
 T0 = 1_800_000_000_000  # ms

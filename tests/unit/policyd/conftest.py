@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from congvu.config import config_from_mapping
+from congvu.directory.cache import CachedAccountStore
 from congvu.directory.counters_sqlite import SqliteCounters
-from congvu.directory.model import Account
+from congvu.directory.model import Account, UnavailableStore
 from congvu.directory.sqlite_store import SqliteAccountStore
 from congvu.policyd.checks.base import Context, CountedInstances
 from congvu.policyd.engine import Engine, Evaluation
-from congvu.policyd.lookup import AccountLookup
 from congvu.policyd.protocol import PolicyRequest
 
 NOW = datetime(2026, 9, 2, 9, 0, tzinfo=UTC).timestamp()
@@ -43,8 +43,9 @@ class Site:
                counters: Any = "real", store: Any = "real") -> Engine:
         cfg = config_from_mapping(data or {}, profile=profile)
         ctx = Context(cfg=cfg,
-                      accounts=AccountLookup(self.store if store == "real" else store, ttl=30, size=100,
-                                             clock=self.clock, unavailable_reason="directory down"),
+                      accounts=CachedAccountStore(self.store if store == "real" else
+                                                  store or UnavailableStore("directory down"), size=100, ttl=30,
+                                                  clock=self.clock),
                       counters=self.counters if counters == "real" else counters, clock=self.clock,
                       counted=CountedInstances())
         return Engine(ctx, cfg.policyd.disabled_checks)

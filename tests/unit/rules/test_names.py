@@ -457,14 +457,3 @@ def test_suggestion_invariants() -> None:
     assert s.reason("vi") == s.reason_vi and s.reason("en") == s.reason_en
     assert s.reason("both") == f"{s.reason_vi} / {s.reason_en}"
 
-
-def test_one_log_line_per_decision() -> None:
-    """Each suggestion logs one line with the rule id and its citation."""
-    from twisted.logger import capturedLogs, formatEvent
-
-    with capturedLogs() as events:
-        suggest_batch([Request("Nguyễn Văn Minh"), Request("Minh")], CT25, taken=["nvminh"])
-    lines = [formatEvent(e) for e in events]
-    assert len(lines) == 2
-    assert "nvminh1@cantho.gov.vn" in lines[0] and "CT25-4.3b" in lines[0] and "Điều 4 khoản 3 điểm b" in lines[0]
-    assert "manual" in lines[1] and "CT25-4.3a" in lines[1]
