@@ -6,7 +6,7 @@ Both stores get the same ``--accounts`` accounts (SQLite through ``add``, LDAP o
 with ``slapadd`` into a throwaway slapd on a loopback port, built like the test fixture).
 Each row times ``--n`` ``get`` calls from one thread unless stated; addresses are drawn
 at random with a fixed seed so both backends see the same sequence.  "cached" wraps the
-store in ``directory.cache.CachedAccountStore`` as ``open_accounts`` does.
+store in ``congvu.directory.cache.CachedAccountStore`` as the policy server does.
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""Where accounts and counters live, and the operator's ``congvu`` command line."""
+"""Where accounts, audit records and counters live: SQLite (embedded), LDAP (ldap3), Redis (shared counters)."""

@@ -1,9 +1,9 @@
 """Open the configured account store, and the account operations every front end shares.
 
-``open_accounts(cfg)`` is what daemons call: the backend ``[directory] backend`` names
-(embedded SQLite, or the city's LDAP directory of CT15-3.2), behind the TTL read cache.
-``open_store(cfg)`` is the same store without the cache, for the CLI and imports,
-which run once and must see every write at once.
+``open_store(cfg)`` opens the backend ``[directory] backend`` names (embedded SQLite, or
+the city's LDAP directory of CT15-3.2), uncached: the CLI, imports and the auth service
+must see every write at once.  A daemon on a hot path puts it behind the one read cache,
+:class:`congvu.directory.cache.CachedAccountStore` (the policy server does).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from congvu.directory.cache import CachedAccountStore
 from congvu.directory.hashing import Hasher, rotate_history
 from congvu.directory.model import Account, AccountStore
 from congvu.directory.settings import StoreConfig
@@ -37,12 +36,6 @@ def open_store(cfg: StoreConfig) -> AccountStore:
         return store
     from congvu.directory.sqlite_store import SqliteAccountStore
     return SqliteAccountStore(sqlite_path(cfg), timeout=cfg.directory.timeout.total_seconds())
-
-
-def open_accounts(cfg: StoreConfig) -> AccountStore:
-    """The configured backend behind the read cache (``cache_size`` entries, ``cache_ttl``)."""
-    return CachedAccountStore(open_store(cfg), size=cfg.directory.cache_size,
-                              ttl=cfg.directory.cache_ttl.total_seconds())
 
 
 def hasher_for(cfg: StoreConfig) -> Hasher:

@@ -84,29 +84,20 @@ def normalize_password(password: str) -> str:
     return unicodedata.normalize("NFC", password)
 
 
-def fold(text: str) -> str:
-    """Lower case without diacritics ("Nguyễn Đức" → "nguyen duc"), for name matching.
-
-    The same folding as addresses (:func:`rules.names.strip_marks`), so a name found in
-    an address is found in a password too; never applied to what is hashed.
-    """
-    return strip_marks(text)
+def _letters(plain: str) -> str:
+    return "".join(c for c in plain if c.isalpha())
 
 
-def _letters(folded: str) -> str:
-    return "".join(c for c in folded if c.isalpha())
-
-
-def _alnum(folded: str) -> str:
-    return "".join(c for c in folded if c.isalnum())
+def _alnum(plain: str) -> str:
+    return "".join(c for c in plain if c.isalnum())
 
 
 @lru_cache(maxsize=1)
 def common_words() -> tuple[str, ...]:
-    """The shipped list (:mod:`congvu.rules.common_passwords`) folded, in its order (most telling first)."""
+    """The shipped list (:mod:`congvu.rules.common_passwords`) plain, in its order (most telling first)."""
     seen: dict[str, None] = {}
     for word in WORDS:
-        seen.setdefault(fold(word), None)
+        seen.setdefault(strip_marks(word), None)
     return tuple(seen)
 
 
@@ -160,9 +151,9 @@ class PasswordPolicy:
         site: list[str] = [cfg.domain, *cfg.domain.split(".")]
         banned: list[str] = []
         if cfg.city:
-            site += [cfg.city, fold(cfg.city), fold(cfg.city).replace(" ", "")]
-            banned.append(fold(cfg.city).replace(" ", ""))
-        banned += [fold(w).replace(" ", "") for w in pw.extra_banned_words]
+            site += [cfg.city, strip_marks(cfg.city), strip_marks(cfg.city).replace(" ", "")]
+            banned.append(strip_marks(cfg.city).replace(" ", ""))
+        banned += [strip_marks(w).replace(" ", "") for w in pw.extra_banned_words]
         site += list(pw.extra_banned_words)
         return cls(settings=pw, rule_ids=MappingProxyType(ids), site_words=tuple(dict.fromkeys(site)),
                    banned=tuple(w for w in dict.fromkeys(banned) if w))
@@ -205,26 +196,26 @@ class PasswordPolicy:
                 "The password contains a control character or invalid text.")))
         reasons += self._composition(pw)
 
-        folded = fold(pw)
+        plain = strip_marks(pw)
         personal = personal_words(local_part=local_part, full_name=full_name, agency=agency)
-        if _is_published_example(folded):
+        if _is_published_example(plain):
             reasons.append(_Reason("published_example", _reject(
                 PUBLISHED_EXAMPLE_RULE,
                 "Đây là mật khẩu ví dụ được in trong quy định, ai cũng biết; hãy chọn mật khẩu khác.",
                 "This is the example password printed in the regulation, known to everyone; "
                 "choose another.")))
-        if any(w in folded for w in personal):
+        if any(w in plain for w in personal):
             reasons.append(_Reason("contains_name", _reject(
                 self.rule("min_score"),
                 "Mật khẩu không được chứa họ tên, tên hộp thư hoặc tên viết tắt của cơ quan.",
                 "The password must not contain your name, your mailbox name or your agency's "
                 "abbreviation.")))
-        if any(w in folded.replace(" ", "") for w in self.banned):
+        if any(w in plain.replace(" ", "") for w in self.banned):
             reasons.append(_Reason("banned_word", _reject(
                 self.rule("extra_banned_words"),
                 "Mật khẩu không được chứa tên địa phương hoặc từ bị cấm do quản trị hệ thống quy định.",
                 "The password must not contain the city's name or a word the administrator banned.")))
-        letters = _letters(folded)
+        letters = _letters(plain)
         if letters and letters in _common_set():
             reasons.append(_Reason("common_word", _reject(
                 self.rule("min_score"),
@@ -270,7 +261,7 @@ class PasswordPolicy:
         """zxcvbn on the first ZXCVBN_MAX_CHARS characters, with the account's and site's words."""
         if not pw:
             return 0  # zxcvbn 4.5 raises IndexError on the empty string (found by the hypothesis test)
-        inputs = [*personal, *self.site_words, *(fold(e) for e in PUBLISHED_EXAMPLES), *common_words()]
+        inputs = [*personal, *self.site_words, *(strip_marks(e) for e in PUBLISHED_EXAMPLES), *common_words()]
         # zxcvbn stores user_inputs in a module-level dict while it runs, so two threads
         # (the web page's pool) must not score at the same time.
         with _zxcvbn_lock:
@@ -279,7 +270,7 @@ class PasswordPolicy:
 
 
 def personal_words(*, local_part: str = "", full_name: str = "", agency: str = "") -> tuple[str, ...]:
-    """The folded words of an account that must not appear in its password.
+    """The plain words of an account that must not appear in its password.
 
     Given name and family name (from "Nguyễn Văn Minh": "minh", "nguyen"), the local part
     with and without its clash digits and split at dots (TH13 "tuanna.sttt"), and the
@@ -287,11 +278,11 @@ def personal_words(*, local_part: str = "", full_name: str = "", agency: str = "
     "Văn", "Thị" are inside too many ordinary words.
     """
     words: list[str] = []
-    names = fold(full_name).split()
+    names = strip_marks(full_name).split()
     if names:
         words += [names[-1], names[0]]
     for raw in (local_part, agency):
-        f = fold(raw).strip()
+        f = strip_marks(raw).strip()
         for part in (f, *f.split(".")):
             words += [part, part.rstrip("0123456789")]
     return tuple(w for w in dict.fromkeys(words) if len(w) >= MIN_TOKEN)
@@ -314,21 +305,21 @@ def _common_set() -> frozenset[str]:
 
 
 @lru_cache(maxsize=1)
-def _examples_folded() -> tuple[tuple[str, str, str], ...]:
+def _examples_plain() -> tuple[tuple[str, str, str], ...]:
     out = []
     for ex in PUBLISHED_EXAMPLES:
-        f = fold(ex).translate(_AS_LETTERS)
+        f = strip_marks(ex).translate(_AS_LETTERS)
         out.append((_alnum(f), _letters(f), "".join(c for c in f if c.isdigit())))
     return tuple(out)
 
 
-def _is_published_example(folded: str) -> bool:
+def _is_published_example(plain: str) -> bool:
     """The example itself, with symbols added, "$"/"@" for letters, or its parts reordered."""
-    f = folded.translate(_AS_LETTERS)  # "MatKhau$7894" reads as "matkhaus7894"
+    f = plain.translate(_AS_LETTERS)  # "MatKhau$7894" reads as "matkhaus7894"
     alnum, letters = _alnum(f), _letters(f)
     digits = "".join(c for c in f if c.isdigit())
     return any(ex_alnum in alnum or (letters == ex_letters and ex_digits in digits)
-               for ex_alnum, ex_letters, ex_digits in _examples_folded())
+               for ex_alnum, ex_letters, ex_digits in _examples_plain())
 
 
 def _reject(rule_id: str, vi: str, en: str) -> Decision:

@@ -202,7 +202,7 @@ def _dt(v: datetime | None) -> str | None:
 
 
 def account_fields(cfg: Config, a: Account, hasher: Hasher) -> dict[str, Any]:
-    """What ``--json`` shows: every field of the issue, never the hash or its history."""
+    """What ``--json`` shows: every field of the account, never the hash or its history."""
     quota = a.quota_override if a.quota_override is not None else cfg.mailbox.quota(a.mailbox_type)
     return {
         "address": a.address, "local_part": a.local_part, "domain": a.domain,

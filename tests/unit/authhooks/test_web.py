@@ -29,7 +29,7 @@ from congvu.authhooks.web import (
     rules_list,
 )
 from congvu.config import Config, config_from_mapping
-from congvu.directory.accounts import open_accounts
+from congvu.directory.accounts import open_store
 from congvu.directory.counters import open_counters
 from congvu.directory.hashing import Hasher
 from congvu.directory.model import Account, DirectoryUnavailable
@@ -95,7 +95,7 @@ def make_site(tmp_path: Path, **authhooks: Any) -> Site:
                                "directory": {"hash_cost": "test"}, "authhooks": authhooks})
     hasher = Hasher("test")
     now = [T0]
-    service = AuthService(cfg, open_accounts(cfg), open_counters(cfg), hasher, SECRET, clock=lambda: now[0])
+    service = AuthService(cfg, open_store(cfg), open_counters(cfg), hasher, SECRET, clock=lambda: now[0])
     return Site(cfg, service, PasswordWeb(cfg, service, SECRET), hasher, now)
 
 
