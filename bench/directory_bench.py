@@ -25,7 +25,7 @@ from congvu.config import config_from_mapping
 from congvu.directory.accounts import open_store
 from congvu.directory.cache import CachedAccountStore
 from congvu.directory.hashing import Hasher
-from congvu.directory.ldap_store import LdapAccountStore
+from congvu.directory.ldap_mapping import EntryMapping
 from congvu.directory.model import Account, AccountStore
 from tests.integration.servers.slapd import SlapdServer, ldif_entry
 
@@ -125,15 +125,14 @@ def main() -> None:
         slapd.root.mkdir()
         settings = config_from_mapping({"directory": slapd.directory_overrides(
             timeout="5s", pool_size=args.threads)}).directory
-        mapper = LdapAccountStore(settings, password="not used: only maps accounts to entries")
+        mapping = EntryMapping.from_settings(settings)
         t = time.perf_counter()
 
         def records() -> Iterator[str]:
             for a in accounts(args.accounts):
-                attrs = mapper.to_entry(a)
-                attrs["uid"] = [a.address.encode()]
-                attrs["objectClass"] = [b"inetOrgPerson", b"congvuAccount"]
-                yield ldif_entry(f"uid={a.address},{slapd.base_dn}", attrs)
+                dn, attrs = mapping.new_entry(a, slapd.base_dn)
+                attrs["objectClass"] = [c.encode() for c in mapping.object_classes]
+                yield ldif_entry(dn, attrs)
 
         slapd.build(records())
         slapd.start()

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 from ldap3.utils.dn import escape_rdn
 
-from congvu.directory.ldap_store import gtime, hash_from_ldap, hash_to_ldap, parse_gtime
+from congvu.directory.ldap_mapping import FIELD_ATTRIBUTES, gtime, hash_from_ldap, hash_to_ldap, parse_gtime
 from congvu.directory.model import DATE_FIELDS, Account
 from congvu.rules.config import MAILBOX_TYPES
 from congvu.rules.errors import InvalidInput
@@ -145,17 +145,9 @@ def read_csv(text: str) -> list[Account]:
 
 # --------------------------------------------------------------------------- LDIF
 
-#: Account field → LDIF attribute.  Standard inetOrgPerson names first.
-LDIF_ATTRS: dict[str, str] = {
-    "full_name": "cn", "display_name": "displayName", "unit": "ou", "title": "title",
-    "password_hash": "userPassword", "agency": "o", "mailbox_type": "congvuMailboxType",
-    "state": "congvuAccountState", "state_reason": "congvuStateReason", "state_by": "congvuStateBy",
-    "state_changed_at": "congvuStateChangedAt",
-    "created_at": "congvuCreatedAt", "password_changed_at": "congvuPasswordChangedAt",
-    "must_change": "congvuMustChange", "last_login_at": "congvuLastLoginAt",
-    "quota_override": "congvuQuota", "aliases": "congvuMailAlias", "delegates": "congvuDelegate",
-    "password_history": "congvuPasswordHistory",
-}
+#: Account field → LDIF attribute: the names of the shipped schema (standard inetOrgPerson
+#: names first), whatever attribute map the target LDAP store uses.
+LDIF_ATTRS: dict[str, str] = FIELD_ATTRIBUTES
 _FIELD_OF = {v.lower(): k for k, v in LDIF_ATTRS.items()}
 _IGNORED = {"objectclass", "sn", "givenname", "uid"}
 #: RFC 2849 SAFE-STRING, narrowed to printable ASCII; anything else goes base64.

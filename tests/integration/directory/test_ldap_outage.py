@@ -13,6 +13,7 @@ from congvu.directory.ldap_store import LdapAccountStore
 from congvu.directory.model import DirectoryUnavailable
 from tests.integration.directory.ldap_helpers import account, make_store, wipe
 from tests.integration.servers.slapd import SlapdServer
+from tests.integration.support import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -29,14 +30,14 @@ def outage_store(running_slapd: SlapdServer) -> Iterator[LdapAccountStore]:
     barrier = threading.Barrier(2)
 
     def hold() -> None:
-        store._call("warm", lambda conn, _d: barrier.wait(5))
+        store._pool.call("warm", lambda conn, _d: barrier.wait(5))
 
     threads = [threading.Thread(target=hold) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(10)
-    assert len(store._idle) == 2
+    assert len(store._pool._idle) == 2
     try:
         yield store
     finally:
@@ -106,7 +107,7 @@ def test_busy_pool_gives_up_within_the_timeout(outage_store: LdapAccountStore, r
         threads = [threading.Thread(target=stuck) for _ in range(2)]
         for t in threads:
             t.start()
-        time.sleep(0.2)  # let both take a connection
+        wait_for(lambda: not outage_store._pool._idle, "both threads holding a pooled connection")
         start = time.monotonic()
         with pytest.raises(DirectoryUnavailable):
             outage_store.get("nvminh@cantho.gov.vn")

@@ -11,7 +11,8 @@ import ldap3
 import pytest
 from twisted.logger import ILogObserver, globalLogPublisher
 
-from congvu.directory.ldap_store import FIELD_ATTRIBUTES, LdapAccountStore, hash_from_ldap, hash_to_ldap
+from congvu.directory.ldap_mapping import FIELD_ATTRIBUTES, hash_from_ldap, hash_to_ldap
+from congvu.directory.ldap_store import LdapAccountStore
 from congvu.directory.model import (
     Account,
     AccountExists,
@@ -259,7 +260,7 @@ def test_tls_ldaps_and_starttls(slapd_server: SlapdServer) -> None:
         try:
             store.add(account("tls", aliases=()))
             assert store.get("tls@cantho.gov.vn") is not None
-            assert type(store._idle[0].socket).__name__ == "SSLSocket"
+            assert type(store._pool._idle[0].socket).__name__ == "SSLSocket"
             store.delete("tls@cantho.gov.vn")
         finally:
             store.close()
@@ -333,7 +334,7 @@ def test_pool_serves_more_threads_than_connections(ldap_accounts: LdapAccountSto
         t.join(30)
     assert errors == [] and len(found) == 200
     assert sorted(set(found)) == [f"t{i}" for i in range(8)]
-    assert len(ldap_accounts._idle) <= 2
+    assert len(ldap_accounts._pool._idle) <= 2
 
 
 @pytest.mark.parametrize(("stored", "passlib"), [
