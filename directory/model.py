@@ -38,6 +38,15 @@ class StateUnavailable(Unavailable):
     """The counter store did not answer within its timeout."""
 
 
+class StateMisconfigured(StateUnavailable):
+    """The counter store answers but refuses congvu's configuration (credentials, permissions, database).
+
+    Still a StateUnavailable, so every caller applies its failure policy as for an outage;
+    but no call can succeed until an operator fixes a setting, so the client logs it once,
+    as an error naming that setting, and callers need not log each failed call again.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class Account:
     """One mailbox.  ``password_hash`` and ``password_history`` never reach a repr."""

@@ -47,11 +47,12 @@ class StateSettings:
     backend: str = setting("sqlite", choice("sqlite", "redis"), doc="counter store")
     path: str = setting("", text, doc="SQLite file; empty = STATE_DIR/state.sqlite3")
     url: str = setting("redis://127.0.0.1:6379/0", text,
-        doc="redis://, rediss:// (TLS; CA via ?ssl_ca_certs=/path) or unix:// URL; "
-            "prefer password_file to a password in the URL", secret=True)
+        doc="redis://[user:password@]host:port/db, rediss:// (TLS; CA via ?ssl_ca_certs=/path) or "
+            "unix:///path?db=N; prefer password_file to a password in the URL", secret=True)
     sentinels: tuple[str, ...] = setting([], list_of(text), doc="host:port of Redis Sentinels; empty = no Sentinel")
     sentinel_service: str = setting("mymaster", text, doc="Sentinel service name")
-    password_file: str = setting("", text, doc="file holding the Redis password")
+    password_file: str = setting("", text,
+        doc="file holding the Redis password (first line); replaces a password in url, keeps its user name")
     prefix: str = setting("congvu:", text, doc="key prefix, so several sites can share one Redis")
     timeout: timedelta = setting("1s", duration,
         doc="connect and read timeout on every counter call, no retries; then StateUnavailable")

@@ -5,7 +5,7 @@ one-minute buckets, a day has 24-minute buckets), so memory per key and window i
 whatever the traffic.  The price is precision: an event counts for at least the window and
 at most the window plus one bucket (1/60 longer), which errs on the strict side for rate
 limits (CT25-3.1, ND91-2020) and lockouts (CT25-3.2).  Redis runs the same arithmetic in
-Lua (``counters_redis.py``); SQLite calls :func:`decide` inside one transaction.  The factory
+Lua (``directory/lua/counter_lib.lua``); SQLite calls :func:`decide` inside one transaction.  The factory
 that opens a backend is :mod:`congvu.directory.counters`.
 
 Times are milliseconds internally (integers, exact in Lua's doubles); callers pass seconds

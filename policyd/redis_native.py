@@ -1,4 +1,4 @@
-"""The rate-limit counter call on Redis without a thread: RESP over a Twisted connection.
+"""The rate-limit counter calls on Redis without a thread: a Twisted client, pipelined on one connection.
 
 redis-py is blocking, so every counted message would cost a hop to the thread pool and,
 worse, a fight for the GIL between that thread and the reactor; measured, that made the
@@ -8,26 +8,31 @@ layout, same answers, so both clients share the counters) from the reactor, pipe
 one connection.
 
 The rate check's messages go out in batches (:meth:`NativeCounters.count`): every message
-counted during one reactor tick, all its windows, in ONE script call (``MULTI_LUA``: each key
-read once, every window of a message checked before any is counted, so a refused message
-counts nowhere, as the check's own flow does), written straight to the socket
-(:mod:`policyd.sendnow`).  The plan goes as one binary argument and the answers come back as
-one short string; plain callbacks rather than Deferred chains, and one timer per connection
-watches the oldest call rather than one timer per call.  Measured (issue 4, 2026-11-23, A/B
-on the same shared machine): the batch script costs Redis ~30 µs per message instead of
-~50 µs (bench/policyd_bench.py, 16 connections, ~5.5 messages a batch), and building a batch
-and reading its answer ~2.4× and ~5× less policyd CPU than the per-key text protocol before.
+counted during one reactor tick, all its windows, in ONE script call (``MULTI_LUA``, from
+``policyd/lua/multi.lua``: each key read once, every window of a message checked before any
+is counted, so a refused message counts nowhere, as the check's own flow does), written
+straight to the socket (:mod:`policyd.sendnow`).  The plan goes as one binary argument and
+the answers come back as one short string (:mod:`policyd.batch`); plain callbacks rather
+than Deferred chains, and one timer per connection watches the oldest call rather than one
+timer per call.  Measured (issue 4, 2026-11-23, A/B on the same shared machine): the batch
+script costs Redis ~30 µs per message instead of ~50 µs (bench/policyd_bench.py, 16
+connections, ~5.5 messages a batch), and building a batch and reading its answer ~2.4× and
+~5× less policyd CPU than the per-key text protocol before.
 
-Besides ``count``, only ``hit_if_below`` and ``peek`` (Deferreds, one key per call, ``COUNTER_LUA``).
-Sentinel and TLS URLs are left to redis-py in a thread (``NativeCounters.supported``).  Errors and
-timeouts (``[state] timeout``) become :class:`StateUnavailable`, like the blocking store.
+This module is the connection: the wire format is :mod:`policyd.resp`, the batch's packing
+:mod:`policyd.batch`.  Besides ``count``, only ``hit_if_below`` and ``peek`` (Deferreds, one
+key per call, ``COUNTER_LUA``).  The connection comes from the same
+:class:`~congvu.directory.redis_target.RedisTarget` as redis-py's: its first round trip sends
+``AUTH [user] password`` and ``SELECT db`` when configured (``PING`` otherwise), so a login
+Redis refuses shows when policyd starts (:meth:`NativeCounters.probe`), logged once as an
+error naming the setting to fix, and :attr:`NativeCounters.health` says so to ``/metrics``.
+Sentinel and TLS are left to redis-py in a thread (:meth:`NativeCounters.supported`).  Errors
+and timeouts (``[state] timeout``) become :class:`StateUnavailable`, like the blocking store.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
-import struct
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -40,192 +45,38 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from congvu.directory.counters_redis import COUNTER_LIB, COUNTER_LUA, read_password_file
-from congvu.directory.model import RateDecision, StateUnavailable
-from congvu.directory.windows import (
-    BUCKETS,
-    WindowSpec,
-    bucket_ms,
-    check_amount,
-    limit_specs,
-    ms,
-    specs,
-)
+from congvu.directory.counters_redis import COUNTER_LIB, COUNTER_LUA, counter_args, counter_decision, lua
+from congvu.directory.model import RateDecision, StateMisconfigured, StateUnavailable
+from congvu.directory.redis_target import Health, RedisTarget
+from congvu.directory.windows import Mode, WindowSpec, check_amount, limit_specs, specs
+from congvu.policyd.batch import MAX_BATCH, Planner, answers
 from congvu.policyd.checks.rates import Call
+from congvu.policyd.resp import ErrorReply, RespParser, encode, encode_strs
 from congvu.policyd.sendnow import Sender
 from congvu.policyd.settings import PolicydConfig
-from congvu.rules.errors import CongvuError
+from congvu.rules.errors import ProtocolError
 
 log = Logger()
 
+#: A batch of messages in mode ``check``, on the counter library (``policyd/lua/multi.lua``).
+MULTI_LUA = COUNTER_LIB + lua("congvu.policyd", "multi.lua")
+_MULTI_SHA = hashlib.sha1(MULTI_LUA.encode()).hexdigest()
 _SHA = hashlib.sha1(COUNTER_LUA.encode()).hexdigest()
 
-#: A batch of messages in mode ``check``, on ``COUNTER_LIB`` (the arithmetic ``COUNTER_LUA`` runs
-#: too, so both clients share the counters and give the same answers).  ARGV[1] is the batch's
-#: plan, little-endian doubles (one ``struct.unpack`` in Lua, far cheaper than parsing text):
-#: the buckets per window, where the window specs start, the number of messages; per message
-#: its ``now`` (ms) and its number of keys; per key its spec (1-based) and amount, or
-#: ``-spec, amount, now`` when the key's ``now`` is not its message's; then each spec's window
-#: (ms) and limit, each (window, limit) once per batch.  KEYS: every key, in order.
-#:
-#: All-or-nothing per message (CT25-3.1): phase 1 reads each key once per batch (the cache
-#: keeps it for later messages) and checks the windows in order, adding each to the cache
-#: only; at the first refusal it takes those additions back, and NOTHING is written, so a
-#: deferred message and its retries do not burn the other windows' budget.  Phase 2, when
-#: every window passed, writes without reading again (every HINCRBY, then per key in order the
-#: HDEL of buckets stale at its ``now`` and a PEXPIRE only when the key's latest bucket moved on).
-#: Reply: one string; per message (``;`` between them) the totals of the keys answered,
-#: ``,``-separated (every key if counted; up to the refused one otherwise, then ``/`` and its
-#: retry in ms, -1 for never).
-MULTI_LUA = COUNTER_LIB + """
-local p = {struct.unpack('<' .. string.rep('d', #ARGV[1] / 8), ARGV[1])}
-NB = p[1]
-local sp, a, states, out, k, pos, sum = p[2], 4, {}, {}, 0, {}, {0}
-local KS, FS, IS, AS, NS, SS, UN, UX, UM = {}, {}, {}, {}, {}, {}, {}, {}, {}
-for m = 1, p[3] do
-  local now, nk = p[a], p[a + 1]
-  a = a + 2
-  if m > 1 then out[#out + 1] = ';' end
-  local refused = 0
-  for j = 1, nk do
-    local s, amount, t = p[a], p[a + 1], now
-    a = a + 2
-    if s < 0 then s = -s; t = p[a]; a = a + 1 end
-    local key = KEYS[k + j]
-    local st = states[key]
-    if st == nil then st = load(key); states[key] = st end
-    local w, lim = p[sp + 2 * s - 2], p[sp + 2 * s - 1]
-    pos[w] = 1; sum[1] = 0
-    sums(st, pos, t, sum)
-    pos[w] = nil
-    local total = sum[1]
-    if j > 1 then out[#out + 1] = ',' end
-    local over = total + amount - lim
-    if over > 0 then
-      out[#out + 1] = total; out[#out + 1] = '/'
-      out[#out + 1] = amount > lim and -1 or wait(st, w, t, over)
-      refused = j
-      break
-    end
-    KS[j] = key; SS[j] = st; AS[j] = amount; NS[j] = t; UN[j] = st.n; UX[j] = st.max; UM[j] = st.min
-    FS[j], IS[j] = add(st, w, amount, t)
-    out[#out + 1] = total + amount
-  end
-  if refused > 0 then
-    for j = refused - 1, 1, -1 do
-      local st, i = SS[j], IS[j]
-      if i > UN[j] then
-        for x = i, i + 3 do st[x] = nil end
-        st.n = UN[j]
-      else
-        st[i + 3] = st[i + 3] - AS[j]
-      end
-      st.max = UX[j]; st.min = UM[j]
-    end
-    for j = refused + 1, nk do
-      if p[a] < 0 then a = a + 3 else a = a + 2 end
-    end
-  else
-    for j = 1, nk do call('HINCRBY', KS[j], FS[j], AS[j]) end
-    for j = 1, nk do
-      local st, t = SS[j], NS[j]
-      if st.min <= t then sweep(KS[j], st, t) end
-      if st.max > st.ttl then expire(KS[j], st, t) end
-    end
-  end
-  k = k + nk
-end
-return table.concat(out)
-"""
-_MULTI_SHA = hashlib.sha1(MULTI_LUA.encode()).hexdigest()
+#: Error codes with which Redis refuses congvu's login or a permission: a setting to fix, not an outage.
+_REFUSED = ("NOAUTH", "WRONGPASS", "NOPERM")
+#: The same refusal from a Redis without ACLs (< 6), or AUTH sent to one without a password.
+_REFUSED_ERR = ("ERR invalid password", "ERR AUTH", "ERR Client sent AUTH")
 
-#: The largest amount the batch plan carries exactly (it is packed as doubles).
-_EXACT = 2**53
-
-#: Messages per script call at most, so one call never holds Redis for long.
-MAX_BATCH = 64
-
-#: What a pending call is told: the reply (a ErrorReply value included) or the exception that ended it.
+#: What a pending call is told: the reply (an ErrorReply value included) or the StateUnavailable that ended it.
 Reply = Callable[[Any], None]
 #: What ``count`` tells its caller: one RateDecision per key answered, or why there is none.
 Done = Callable[[list[RateDecision] | StateUnavailable], None]
 
 
-class ErrorReply(CongvuError):
-    """An error reply (``-ERR ...``)."""
-
-
-def encode_strs(args: Sequence[str], blob: bytes | None = None) -> bytes:
-    """:func:`encode` for text arguments (and one binary last one): one f-string per argument, one encode."""
-    body = "".join([f"${len(a)}\r\n{a}\r\n" for a in args])
-    if not body.isascii():  # lengths in characters are lengths in bytes only in ASCII
-        return encode(*args) if blob is None else encode(*args, blob)
-    if blob is None:
-        return f"*{len(args)}\r\n{body}".encode()
-    return b"%b$%d\r\n%b\r\n" % (f"*{len(args) + 1}\r\n{body}".encode(), len(blob), blob)
-
-
-def encode(*args: bytes | str | int) -> bytes:
-    """One command in RESP: an array of bulk strings."""
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        b = a if isinstance(a, bytes) else a.encode() if isinstance(a, str) else b"%d" % a
-        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(out)
-
-
-class RespParser:
-    """Incremental RESP2 reply parser: bytes in, complete replies out (errors as ErrorReply values)."""
-
-    def __init__(self) -> None:
-        self.buf = b""
-
-    def feed(self, data: bytes) -> list[Any]:
-        self.buf = self.buf + data if self.buf else data
-        out: list[Any] = []
-        pos = 0
-        try:
-            while pos < len(self.buf):
-                value, pos = self._parse(pos)
-                out.append(value)
-        except IndexError:  # incomplete: keep the tail
-            pass
-        if pos:
-            self.buf = self.buf[pos:]
-        return out
-
-    def _line(self, pos: int) -> tuple[bytes, int]:
-        end = self.buf.find(b"\r\n", pos)
-        if end < 0:
-            raise IndexError
-        return self.buf[pos:end], end + 2
-
-    def _parse(self, pos: int) -> tuple[Any, int]:
-        if pos >= len(self.buf):
-            raise IndexError
-        kind = self.buf[pos:pos + 1]
-        line, pos = self._line(pos + 1)
-        if kind == b":":
-            return int(line), pos
-        if kind == b"+":
-            return line.decode(), pos
-        if kind == b"-":
-            return ErrorReply(line.decode(errors="replace")), pos
-        if kind == b"$":
-            n = int(line)
-            if n < 0:
-                return None, pos
-            if len(self.buf) < pos + n + 2:
-                raise IndexError
-            return self.buf[pos:pos + n], pos + n + 2
-        if kind == b"*":
-            n = int(line)
-            items = []
-            for _ in range(max(n, 0)):
-                item, pos = self._parse(pos)
-                items.append(item)
-            return (items if n >= 0 else None), pos
-        raise ValueError(f"unexpected RESP type {kind!r}")
+def _refusal(r: ErrorReply) -> bool:
+    """Redis refused congvu's credentials or a permission (not an outage: retrying cannot help)."""
+    return r.code in _REFUSED or r.message.startswith(_REFUSED_ERR)
 
 
 class _Resp(Protocol):
@@ -255,15 +106,10 @@ class _Resp(Protocol):
         if not busy and self.on_busy is not None:
             self.on_busy()
 
-    def send(self, *args: bytes | str | int) -> defer.Deferred[Any]:
-        d: defer.Deferred[Any] = defer.Deferred()
-        self.call(encode(*args), lambda r: d.errback(r) if isinstance(r, StateUnavailable) else d.callback(r))
-        return d
-
     def dataReceived(self, data: bytes) -> None:
         try:
             replies = self.parser.feed(data)
-        except ValueError as e:
+        except ProtocolError as e:
             self.t.abortConnection()
             self._fail(StateUnavailable(f"redis: bad reply: {e}"))
             return
@@ -293,52 +139,58 @@ class NativeCounters:
     """The rate check's counters on Redis from the reactor: ``count`` (batched), ``hit_if_below``/``peek``."""
 
     @staticmethod
-    def supported(cfg: PolicydConfig) -> bool:
-        from redis.connection import SSLConnection, parse_url
-        if cfg.state.backend != "redis" or cfg.state.sentinels:
-            return False
-        try:
-            opts = parse_url(cfg.state.url)  # type: ignore[no-untyped-call]
-        except ValueError:
-            return False
-        return opts.get("connection_class") is not SSLConnection
+    def supported(target: RedisTarget) -> bool:
+        """A plain TCP or unix socket: Sentinel and TLS are left to redis-py in a thread."""
+        return not target.sentinels and not target.tls
 
-    def __init__(self, cfg: PolicydConfig, reactor: Any) -> None:
-        from redis.connection import UnixDomainSocketConnection, parse_url
-        opts = parse_url(cfg.state.url)  # type: ignore[no-untyped-call]
+    def __init__(self, cfg: PolicydConfig, reactor: Any, target: RedisTarget | None = None) -> None:
+        target = target or RedisTarget.from_config(cfg)
         self.reactor = reactor
+        self.target = target
+        self.where = target.where
         self.prefix = cfg.state.prefix
-        self.timeout = cfg.state.timeout.total_seconds()
-        self.password = read_password_file(cfg)
-        self.username: str | None = opts.get("username")
-        self.db = int(opts.get("db", 0) or 0)
-        if opts.get("connection_class") is UnixDomainSocketConnection:
-            self.endpoint: Any = UNIXClientEndpoint(reactor, opts["path"], timeout=self.timeout)  # type: ignore[no-untyped-call]
-            self.where = opts["path"]
+        self.timeout = target.timeout
+        #: Whether Redis answers, and why not (read by the policy server's ``/metrics``).
+        self.health = Health(target, "policyd native client")
+        if target.path:
+            self.endpoint: Any = UNIXClientEndpoint(reactor, target.path, timeout=self.timeout)  # type: ignore[no-untyped-call]
         else:
-            host, port = opts.get("host", "localhost"), int(opts.get("port", 6379))
-            cls = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
-            self.endpoint = cls(reactor, host, port, timeout=self.timeout)
-            self.where = f"{host}:{port}"
+            tcp = TCP6ClientEndpoint if ":" in target.host else TCP4ClientEndpoint
+            self.endpoint = tcp(reactor, target.host, target.port, timeout=self.timeout)
+        #: The first round trip of every connection: (command name, encoded command).
+        self._hello: list[tuple[str, bytes]] = []
+        if target.password is not None:
+            login = (target.username, target.password) if target.username else (target.password,)
+            self._hello.append(("AUTH", encode("AUTH", *login)))
+        if target.db:
+            self._hello.append(("SELECT", encode("SELECT", target.db)))
+        if not self._hello:  # nothing to send, but a Redis that wants a password says so to a PING
+            self._hello.append(("PING", encode("PING")))
         self.conn: _Resp | None = None
         self._connecting = False
         self._waiters: list[defer.Deferred[_Resp]] = []
         self._down_until = 0.0
-        self._down = False
+        self._down_error = StateUnavailable(f"redis {self.where}: unavailable")
         self._timer: Any = None
-        #: Messages waiting for the end of this reactor tick, to be counted in one script call.
-        self._batch: list[tuple[Sequence[Call], Done]] = []
+        #: Messages waiting for the end of this reactor tick, to be counted in one script call, and their callbacks.
+        self._messages: list[Sequence[Call]] = []
+        self._dones: list[Done] = []
         self._flush_scheduled = False
-        self._specs: dict[tuple[timedelta, int], WindowSpec] = {}
+        self.planner = Planner(self.prefix)
         self._closed = False
 
     # ------------------------------------------------------------------ connection
+
+    def probe(self) -> None:
+        """Connect now, so a login Redis refuses is reported when policyd starts, not at the first message."""
+        if not self._closed:
+            self._connection().addErrback(lambda f: None)  # reported through self.health
 
     def _connection(self) -> defer.Deferred[_Resp]:
         if self.conn is not None and self.conn.connected:
             return defer.succeed(self.conn)
         if self.reactor.seconds() < self._down_until:  # fail fast for a second after a failure
-            return defer.fail(StateUnavailable(f"redis {self.where}: unavailable"))
+            return defer.fail(self._down_error)
         d: defer.Deferred[_Resp] = defer.Deferred()
         self._waiters.append(d)
         if not self._connecting:
@@ -357,37 +209,66 @@ class NativeCounters:
 
     @defer.inlineCallbacks
     def _connect(self) -> Any:
+        conn: _Resp | None = None
         try:
             factory = Factory.forProtocol(_Resp)
             factory.noisy = False
             conn = yield self.endpoint.connect(factory)
-            if self.password is not None:
-                auth = ("AUTH", self.username, self.password) if self.username else ("AUTH", self.password)
-                r = yield conn.send(*auth).addTimeout(self.timeout, self.reactor)
-                if isinstance(r, ErrorReply):
-                    raise StateUnavailable(f"redis {self.where}: AUTH refused")
-            if self.db:
-                r = yield conn.send("SELECT", self.db).addTimeout(self.timeout, self.reactor)
-                if isinstance(r, ErrorReply):
-                    raise StateUnavailable(f"redis {self.where}: SELECT {self.db}: {r}")
+            replies = yield self._greet(conn)
+            err = self._refused_hello(replies)
+        except defer.TimeoutError:
+            err = StateUnavailable(f"redis {self.where}: no answer within {self.timeout:g}s")
         except Exception as e:
-            self._mark_down()
-            raise StateUnavailable(f"redis {self.where}: {e}") from None
+            err = StateUnavailable(f"redis {self.where}: {e or type(e).__name__}")
+        if err is not None or self._closed:
+            if conn is not None and conn.t is not None:
+                conn.t.abortConnection()
+            if err is None:
+                raise StateUnavailable(f"redis {self.where}: client closed")
+            self._mark_down(err)
+            raise err
+        assert conn is not None
         conn.clock = self.reactor.seconds
         conn.on_busy = self._arm
         if conn.waiting:
             self._arm()
         self.conn = conn
-        if self._down:
-            log.info("policyd: state store {where} answers again (native client)", where=self.where)
-            self._down = False
+        self.health.answered()
         return conn
 
-    def _mark_down(self) -> None:
+    def _greet(self, conn: _Resp) -> defer.Deferred[list[Any]]:
+        """Send the hello commands in one write; fires with their replies, or fails after the timeout."""
+        d: defer.Deferred[list[Any]] = defer.Deferred()
+        got: list[Any] = []
+
+        def reply(r: Any) -> None:
+            got.append(r)
+            if len(got) == len(self._hello) and not d.called:
+                d.callback(got)
+
+        for _, data in self._hello:
+            conn.call(data, reply)
+        return d.addTimeout(self.timeout, self.reactor)
+
+    def _refused_hello(self, replies: list[Any]) -> StateUnavailable | None:
+        """Why the hello failed (Redis refusing a setting is a StateMisconfigured), or None."""
+        for (name, _), r in zip(self._hello, replies, strict=True):
+            if isinstance(r, StateUnavailable):
+                return r
+            if isinstance(r, ErrorReply):
+                if _refusal(r):
+                    return self.health.refused(str(r), self.target.fix(r.code))
+                if name == "SELECT" and r.code == "ERR":
+                    return self.health.refused(str(r), f"the database number ({self.target.db}) in [state] url")
+                return StateUnavailable(f"redis {self.where}: {name}: {r}")
+        return None
+
+    def _mark_down(self, err: StateUnavailable) -> None:
+        """Fail fast with ``err`` for a second; a refused login was already reported by ``health``."""
         self._down_until = self.reactor.seconds() + 1.0
-        if not self._down:
-            log.warn("policyd: state store {where} unavailable (native client)", where=self.where)
-            self._down = True
+        self._down_error = err
+        if not isinstance(err, StateMisconfigured):
+            self.health.unavailable(str(err))
 
     def _arm(self) -> None:
         """One timer per connection, not per call: it looks at the oldest call still waiting."""
@@ -403,10 +284,11 @@ class NativeCounters:
         if waited < self.timeout:
             self._timer = self.reactor.callLater(self.timeout - waited, self._check_timeout)
             return
-        self._mark_down()
+        err = StateUnavailable(f"redis {self.where}: no answer within {self.timeout:g}s")
+        self._mark_down(err)
         conn.connected = False
         self.conn = None
-        conn._fail(StateUnavailable(f"redis {self.where}: no answer within {self.timeout:g}s"))
+        conn._fail(err)
         if conn.t is not None:
             conn.t.abortConnection()
 
@@ -417,13 +299,19 @@ class NativeCounters:
         ``done`` gets the reply or a StateUnavailable.
         """
         data = encode_strs(["EVALSHA", sha, str(len(keys)), *keys, *args], blob)
+        health = self.health
 
         def finish(r: Any) -> None:
-            done(StateUnavailable(f"redis {self.where}: {r}") if isinstance(r, ErrorReply) else r)
+            if isinstance(r, ErrorReply):
+                r = (health.refused(str(r), self.target.fix(r.code)) if _refusal(r)
+                     else StateUnavailable(f"redis {self.where}: {r}"))
+            elif health.problem is not None and not isinstance(r, StateUnavailable):
+                health.answered()
+            done(r)
 
         def send(conn: _Resp) -> None:
             def got(r: Any) -> None:
-                if isinstance(r, ErrorReply) and str(r).startswith("NOSCRIPT") and conn.connected:
+                if isinstance(r, ErrorReply) and r.code == "NOSCRIPT" and conn.connected:
                     conn.call(encode_strs(["EVAL", script, str(len(keys)), *keys, *args], blob), finish)
                 else:
                     finish(r)
@@ -461,7 +349,8 @@ class NativeCounters:
         if not calls:
             done([])
             return
-        self._batch.append((calls, done))
+        self._messages.append(calls)
+        self._dones.append(done)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.reactor.callLater(0, self._tick)
@@ -471,85 +360,46 @@ class NativeCounters:
         self._flush()
 
     def _flush(self) -> None:
-        """Send the waiting messages (at most MAX_BATCH of them) as one script call."""
-        while self._batch:
-            batch = self._batch[:MAX_BATCH]
-            del self._batch[:MAX_BATCH]
+        """Send the waiting messages (at most MAX_BATCH of them per call) as script calls."""
+        while self._messages:
+            messages, dones = self._messages, self._dones
+            if len(messages) > MAX_BATCH:
+                self._messages, self._dones = messages[MAX_BATCH:], dones[MAX_BATCH:]
+                messages, dones = messages[:MAX_BATCH], dones[:MAX_BATCH]
+            else:
+                self._messages, self._dones = [], []
             try:
-                keys, plan = self._plan(batch)
+                keys, plan = self.planner.plan(messages)
             except Exception as e:  # a call the store would refuse too, or a bug: nothing was counted
-                for _, done in batch:
+                for done in dones:
                     _Resp._tell(done, StateUnavailable(f"redis {self.where}: {e}"))
                 continue
-            self._script(_MULTI_SHA, MULTI_LUA, keys, [], partial(self._answered, batch), plan)
+            self._script(_MULTI_SHA, MULTI_LUA, keys, [], partial(self._answered, messages, dones), plan)
 
-    def _plan(self, batch: list[tuple[Sequence[Call], Done]]) -> tuple[list[str], bytes]:
-        """MULTI_LUA's KEYS and its plan: each (window, limit) once, ``now`` once per message."""
-        prefix = self.prefix + "c:"
-        keys: list[str] = []
-        plan: list[int] = [BUCKETS, 0, len(batch)]
-        index: dict[tuple[timedelta, int], int] = {}
-        table: list[int] = []
-        for calls, _ in batch:
-            now = calls[0].now
-            plan += (ms(now), len(calls))
-            for key, amount, window, limit, _label, when in calls:
-                s = index.get((window, limit))
-                if s is None:
-                    spec = self._spec(window, limit)
-                    s = index[(window, limit)] = len(index) + 1
-                    table += (spec.w_ms, limit)
-                if type(amount) is not int or amount < 0 or amount > _EXACT:
-                    amount = int(check_amount(amount))  # ValueError unless a whole number ≥ 0
-                    if amount > _EXACT:  # the plan travels as doubles: no silent rounding
-                        raise ValueError(f"amount {amount} is too large to count")
-                keys.append(prefix + key)
-                if when == now:
-                    plan += (s, amount)
-                else:
-                    plan += (-s, amount, ms(when))
-        plan[1] = len(plan) + 1  # Lua counts from 1
-        plan += table
-        return keys, struct.pack(f"<{len(plan)}d", *plan)
-
-    def _answered(self, batch: list[tuple[Sequence[Call], Done]], r: Any) -> None:
+    def _answered(self, messages: list[Sequence[Call]], dones: list[Done], r: Any) -> None:
         if isinstance(r, StateUnavailable):
-            for _, done in batch:
+            for done in dones:
                 _Resp._tell(done, r)
             return
         try:
-            answers = _multi_answers(r, [len(calls) for calls, _ in batch])
-        except (TypeError, ValueError, AttributeError):  # not what MULTI_LUA returns
+            got = answers(r, [len(calls) for calls in messages])
+        except ValueError:  # not what MULTI_LUA returns
             err = StateUnavailable(f"redis {self.where}: unexpected reply {r!r:.80}")
-            for _, done in batch:
+            for done in dones:
                 _Resp._tell(done, err)
             return
-        for (_, done), decisions in zip(batch, answers, strict=True):
+        for done, decisions in zip(dones, got, strict=True):
             try:
                 done(decisions)
             except Exception:  # as _Resp._tell: one callback's bug must not cost the others their answers
                 log.failure("policyd: error handling a Redis reply")
 
-    def _spec(self, window: timedelta, limit: int) -> WindowSpec:
-        """limit_specs' validated window, remembered: the same two windows come with every message."""
-        spec = self._specs.get((window, limit))
-        if spec is None:
-            [spec] = limit_specs([(window, limit)])
-            if len(self._specs) < 1024:
-                self._specs[(window, limit)] = spec
-        return spec
-
-    def _count(self, key: str, amount: int, windows: Sequence[Any], now: float, mode: str) -> defer.Deferred[Any]:
-        # Same arguments as RedisCounters._count (directory/counters_redis.py).
-        now_ms = ms(now)
-        args = [str(now_ms), str(amount), mode, str(BUCKETS)]
-        for s in windows:
-            args += [str(s.w_ms), str(-1 if s.limit is None else s.limit), f"{s.w_ms}:{now_ms // bucket_ms(s.w_ms)}"]
+    def _count(self, key: str, amount: int, windows: Sequence[WindowSpec], now: float,
+               mode: Mode) -> defer.Deferred[RateDecision]:
         d: defer.Deferred[Any] = defer.Deferred()
-        self._script(_SHA, COUNTER_LUA, [self.prefix + "c:" + key], args,
+        self._script(_SHA, COUNTER_LUA, [self.prefix + "c:" + key], counter_args(amount, windows, now, mode),
                      lambda r: d.errback(r) if isinstance(r, Exception) else d.callback(r))
-        d.addCallback(_decision)
-        return d
+        return d.addCallback(counter_decision)
 
     def hit_if_below(self, key: str, amount: int, limits: Sequence[tuple[timedelta, int]],
                      now: float) -> defer.Deferred[RateDecision]:
@@ -560,8 +410,8 @@ class NativeCounters:
 
     def close(self) -> None:
         self._closed = True
-        batch, self._batch = self._batch, []
-        for _, done in batch:
+        dones, self._messages, self._dones = self._dones, [], []
+        for done in dones:
             _Resp._tell(done, StateUnavailable(f"redis {self.where}: client closed"))
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -569,49 +419,3 @@ class NativeCounters:
         if self.conn is not None and self.conn.t is not None:
             self.conn.t.loseConnection()
         self.conn = None
-
-
-#: The RateDecision of an allowed window, by its total as MULTI_LUA spells it: most totals recur
-#: (small numbers, many senders), and a cached answer saves building one per window.
-_ALLOWED: dict[bytes, RateDecision] = {}
-
-
-def _allowed(total: bytes) -> RateDecision:
-    d = _ALLOWED.get(total)
-    if d is None:
-        d = RateDecision(True, (int(total),), None)
-        if len(_ALLOWED) < 4096:
-            _ALLOWED[total] = d
-    return d
-
-
-def _multi_answers(reply: bytes, sizes: Sequence[int]) -> list[list[RateDecision]]:
-    """MULTI_LUA's reply: per message (``sizes``: its number of keys), the RateDecision of each key answered."""
-    segments = reply.split(b";")
-    if len(segments) != len(sizes):
-        raise ValueError(f"{len(segments)} answers for {len(sizes)} messages")
-    out: list[list[RateDecision]] = []
-    for seg, n in zip(segments, sizes, strict=True):
-        head, refused, retry = seg.partition(b"/")
-        totals = head.split(b",")
-        if not refused:
-            if len(totals) != n:
-                raise ValueError("not every key answered")
-            out.append([_allowed(t) for t in totals])
-            continue
-        if len(totals) > n:
-            raise ValueError("more answers than keys")
-        last = int(totals.pop())
-        wait = int(retry)
-        if wait < -1:
-            raise ValueError(f"bad retry {wait}")
-        answer = [_allowed(t) for t in totals]
-        answer.append(RateDecision(False, (last,), math.inf if wait == -1 else wait / 1000))
-        out.append(answer)
-    return out
-
-
-def _decision(res: Any) -> RateDecision:
-    allowed, retry, *totals = (int(x) for x in res)
-    retry_after = None if retry == -2 else float("inf") if retry == -1 else retry / 1000
-    return RateDecision(bool(allowed), tuple(totals), retry_after)

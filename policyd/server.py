@@ -37,9 +37,11 @@ from congvu.directory.model import (
     CounterStore,
     DirectoryUnavailable,
     RateDecision,
+    StateMisconfigured,
     StateUnavailable,
     UnavailableStore,
 )
+from congvu.directory.redis_target import Health, RedisTarget
 from congvu.policyd.checks.base import Context, CountedInstances, Result
 from congvu.policyd.checks.rates import RatesCheck
 from congvu.policyd.engine import Engine, Evaluation, Pending
@@ -89,6 +91,16 @@ def open_stores(cfg: PolicydConfig) -> tuple[AccountStore, CounterStore | None, 
         c_reason = f"counter store ({cfg.state.backend}) not opened: {e}"
         log.error("policyd: {reason}; rate limits apply their failure policy until a reload", reason=c_reason)
     return accounts, counters, c_reason
+
+
+def _state_target(cfg: PolicydConfig) -> RedisTarget | None:
+    """The Redis of ``[state]``, or None: not Redis, or settings the counter store refuses too (and reports)."""
+    if cfg.state.backend != "redis":
+        return None
+    try:
+        return RedisTarget.from_config(cfg)
+    except ConfigError:
+        return None
 
 
 def describe(addr: IAddress) -> str:
@@ -299,9 +311,10 @@ class _Metrics(Resource):
         ctype = b"text/plain; version=0.0.4; charset=utf-8"
         request.setHeader(b"content-type", ctype)  # type: ignore[no-untyped-call]
         svc = self.service
+        stats = svc.snapshot()
         if svc.workers is not None:  # the sum over every worker process ([policyd] workers)
             return svc.workers.render(c.name for c in svc.engine.checks).encode()
-        return svc.stats.render(c.name for c in svc.engine.checks).encode()
+        return stats.render(c.name for c in svc.engine.checks).encode()
 
 
 class _QuietSite(Site):
@@ -356,6 +369,9 @@ class PolicyService(Service):
         self.pool = ThreadPool(minthreads=1, maxthreads=cfg.policyd.threads, name="congvu-policyd")
         #: Rate-limit counters from the reactor (Redis only); None = the blocking store in a thread.
         self.native: NativeCounters | None = None
+        #: The Redis the counter stores were opened for (None: not Redis, or settings they refuse).
+        self.state_target: RedisTarget | None = None
+        self._started = False
         self.engine = self._build(cfg, None)
         self._sweeper = LoopingCall(self._sweep)
         self._sweeper.clock = reactor
@@ -365,8 +381,9 @@ class PolicyService(Service):
 
     def _build(self, cfg: PolicydConfig, old: Engine | None) -> Engine:
         octx = old.ctx if old is not None else None
+        target = _state_target(cfg)  # reads the password file: a reload picks up a new password
         if octx is not None and octx.cfg.directory == cfg.directory and octx.cfg.state == cfg.state \
-                and octx.cfg.state_dir == cfg.state_dir:
+                and octx.cfg.state_dir == cfg.state_dir and target == self.state_target:
             store = octx.accounts.inner
             counters, c_reason = octx.counters, octx.counters_reason
             if isinstance(store, UnavailableStore) or counters is None:  # a reload retries what failed to open
@@ -381,15 +398,32 @@ class PolicyService(Service):
                     c2.close()
         else:
             store, counters, c_reason = open_stores(cfg)
-        if octx is None or octx.cfg.state != cfg.state or self.native is None:
+        if octx is None or octx.cfg.state != cfg.state or target != self.state_target or self.native is None:
             if self.native is not None:
                 self.native.close()
-            self.native = NativeCounters(cfg, self.reactor) if NativeCounters.supported(cfg) else None
+            self.native = (NativeCounters(cfg, self.reactor, target)
+                           if target is not None and NativeCounters.supported(target) else None)
+            if self.native is not None and self._started:
+                self.native.probe()
+        self.state_target = target
         lookup = CachedAccountStore(store, size=cfg.directory.cache_size, ttl=cfg.directory.cache_ttl.total_seconds(),
                                     clock=self.monotonic)
         ctx = Context(cfg=cfg, accounts=lookup, counters=counters, clock=self.clock, counted=self.counted,
                       counters_reason=c_reason)
         return Engine(ctx, cfg.policyd.disabled_checks)
+
+    def state_store_up(self) -> bool:
+        """Whether the counter store answers: the native client's health (probed at start), else the store's."""
+        if self.native is not None:
+            return self.native.health.up
+        counters = self.engine.ctx.counters
+        health = getattr(counters, "health", None)  # RedisCounters (Sentinel, TLS) has one
+        return counters is not None and (not isinstance(health, Health) or health.up)
+
+    def snapshot(self) -> Stats:
+        """This process's stats, the state store's health included (for /metrics and the master)."""
+        self.stats.state_store_down = 0 if self.state_store_up() else 1
+        return self.stats
 
     def record(self, req: PolicyRequest, ev: Evaluation, engine: Engine) -> None:
         """Count and log one answer (reactor thread only)."""
@@ -400,7 +434,9 @@ class PolicyService(Service):
         for check, failure in ev.failures:
             policy = p.failure(check)
             st.failures[(check, policy)] += 1
-            if failure.check(DirectoryUnavailable, StateUnavailable):  # type: ignore[no-untyped-call]
+            if failure.check(StateMisconfigured):  # type: ignore[no-untyped-call]
+                pass  # its client logged it once, as an error naming the setting to fix: not once per message
+            elif failure.check(DirectoryUnavailable, StateUnavailable):  # type: ignore[no-untyped-call]
                 log.warn("policyd: check {check} unavailable ({err}); fail_{check} = {policy}",
                          check=check, err=failure.getErrorMessage(), policy=policy)
             else:
@@ -440,6 +476,9 @@ class PolicyService(Service):
             raise RuntimeError("PolicyService.start needs listen= (congvu.endpoints.Listener)")
         check_listen(self.cfg)
         self.pool.start()
+        self._started = True
+        if self.native is not None:  # wrong credentials show now, not at the first counted message
+            self.native.probe()
         p = self.cfg.policyd
         try:
             if self.adopt:

@@ -12,7 +12,7 @@ from typing import Any
 
 #: The plain integer counters, in the order of the dict form.
 _SCALARS = ("requests", "threaded", "native", "protocol_errors", "timeouts", "refused_connections",
-            "connections_total", "connections_open", "reloads_ok", "reloads_failed")
+            "connections_total", "connections_open", "reloads_ok", "reloads_failed", "state_store_down")
 
 
 class Stats:
@@ -31,6 +31,8 @@ class Stats:
         self.connections_open = 0
         self.reloads_ok = 0
         self.reloads_failed = 0
+        #: Processes whose counter store does not answer (a gauge: 0 or 1 per process, summed over workers).
+        self.state_store_down = 0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able snapshot: how a policyd worker process sends its counters to the master."""
@@ -93,6 +95,9 @@ class Stats:
         metric("connections_open", "gauge", "Connections open now.", [({}, self.connections_open)])
         metric("reloads_total", "counter", "SIGHUP reloads by result.",
                [({"result": "ok"}, self.reloads_ok), ({"result": "failed"}, self.reloads_failed)])
+        metric("state_store_up", "gauge", "1 when the counter store answers; 0 when it is down or refuses "
+               "congvu's credentials (the log says which, and the setting to fix).",
+               [({}, 0 if self.state_store_down else 1)])
         metric("check_enabled", "gauge", "1 for each check in the running order.",
                [({"check": c}, 1) for c in names])
         per_worker = {0: self.requests} if workers is None else workers

@@ -362,7 +362,7 @@ class WorkerPool:
         if self.children.get(child.index) is child:
             del self.children[child.index]
         latest, child.latest = child.latest, Stats()
-        latest.connections_open = 0
+        latest.connections_open = latest.state_store_down = 0  # gauges of a process that is gone
         self.retired.merge(latest)
         self.retired_requests[child.index] = self.retired_requests.get(child.index, 0) + latest.requests
         if self._stopping:

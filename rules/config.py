@@ -181,13 +181,16 @@ def setting(raw_default: Any, parse: Parser, rule_id: str = "SUITE", doc: str = 
                                             "doc": doc})
 
 
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]*):[^@/\s]*@")
+#: ``scheme://user:password@``: up to the authority's last ``@`` (a password may hold one), never past a ``/``.
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*):[^/\s]*@")
+#: ``?password=…`` or ``&password=…`` (redis-py reads a password there too).
+_QUERY_PASSWORD = re.compile(r"([?&;]password=)[^&#\s]*", re.IGNORECASE)
 
 
 def redact(value: Any) -> Any:
-    """``value`` fit to print: the password of any ``scheme://user:password@host`` becomes ``***``."""
+    """``value`` fit to print: the password of any ``scheme://user:password@host`` or ``?password=`` becomes ``***``."""
     if isinstance(value, str):
-        return _URL_PASSWORD.sub(r"\1:***@", value)
+        return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", value))
     if isinstance(value, list | tuple):
         return [redact(v) for v in value]
     return value

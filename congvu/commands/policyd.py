@@ -110,7 +110,7 @@ def _run_worker(args: argparse.Namespace, out: Output) -> int:
 
     def build(cfg: Config, reactor: Any, listen: Listener) -> list[Any]:
         policy = PolicyService(cfg, reactor, adopt=fds)
-        return [policy, WorkerControl(reactor, index, lambda: policy.stats, lambda: policy.listening)]
+        return [policy, WorkerControl(reactor, index, policy.snapshot, lambda: policy.listening)]
 
     def signals() -> None:
         # Ctrl-C in a terminal reaches the whole process group: the master decides when workers stop.

@@ -168,7 +168,7 @@ class RatesCheck(Check):
         conservative: a window found full whose oldest bucket expires between the look and
         the refusal gets counted before the other windows are, and a window filled by
         another request between the look and the count refuses after the earlier windows
-        were counted.  The native Redis path (:data:`policyd.redis_native.MULTI_LUA`) has
+        were counted.  The native Redis path (its batch script, ``policyd/lua/multi.lua``) has
         neither: its check and its count run in one script.
         """
         counters = ctx.counters

@@ -1,7 +1,9 @@
 """A throwaway redis-server: temp dir, loopback port, no persistence; stoppable for outage tests.
 
 ``redis_server`` is session-scoped.  Tests that stop or pause it must start or resume it
-again (use try/finally); tests share it safely by using their own key prefix.
+again (use try/finally); tests share it safely by using their own key prefix.  A server of
+one's own may require a password (``password=``, the default user's) and have ACL users
+(``users=``, rules as in redis.conf: ``"congvu on >pw ~* &* +@all"``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import signal
 import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -21,18 +24,27 @@ class RedisServer:
     """One redis-server process on 127.0.0.1; ``start()`` after ``stop()`` reuses the port."""
 
     def __init__(self, directory: Path, extra_args: Sequence[str] = (), *, port: int | None = None,
-                 tls: bool = False) -> None:
+                 tls: bool = False, password: str | None = None, users: Sequence[str] = ()) -> None:
         self.binary = need("redis-server", "redis-server")
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.tls = tls
         self.extra_args = list(extra_args)
+        if password is not None:
+            self.extra_args += ["--requirepass", password]
+        for rule in users:
+            self.extra_args += ["--user", *rule.split()]
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
+        return self.url_with()
+
+    def url_with(self, password: str | None = None, user: str = "", db: int = 0) -> str:
+        """The server's URL with credentials in it (percent-encoded) and a database."""
+        login = f"{quote(user, safe='')}:{quote(password, safe='')}@" if password is not None else ""
+        return f"{'rediss' if self.tls else 'redis'}://{login}127.0.0.1:{self.port}/{db}"
 
     def _args(self) -> list[str]:
         listen = (["--port", "0", "--tls-port", str(self.port)] if self.tls else ["--port", str(self.port)])

@@ -63,6 +63,19 @@ def test_show_marks_changes_with_profile_value(tmp_path: Path) -> None:
     assert any("password.min_length" in ln and "CT25-5.3" in ln for ln in out.splitlines())
 
 
+@pytest.mark.parametrize("url", ["redis://:Url-Secret-1@127.0.0.1:6379/0",
+                                 "redis://127.0.0.1:6379/0?password=Url-Secret-1",
+                                 "redis://congvu:Url-Secret-1@127.0.0.1/0?db=0"])
+def test_show_never_prints_a_redis_password(tmp_path: Path, url: str) -> None:
+    """``config show``, as text and JSON, masks a password in state.url however the URL carries it."""
+    f = tmp_path / "c.toml"
+    f.write_text(f'[state]\nbackend = "redis"\nurl = "{url}"\n', encoding="utf-8")
+    for extra in ([], ["--json"]):
+        code, out, err = run("config", "show", "--config", str(f), *extra)
+        assert code == 0 and "state.url" in out and "***" in out
+        assert "Url-Secret-1" not in out + err
+
+
 def test_show_json(tmp_path: Path) -> None:
     """--json gives every key with rule, source and the profile value of changed keys."""
     code, out, _ = run("config", "show", "--json", "--profile", "cantho-2015")

@@ -8,12 +8,15 @@ from typing import Any
 
 import pytest
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
+from twisted.web.test.requesthelper import DummyRequest
 
 from congvu.config import config_from_mapping
-from congvu.directory.model import RateDecision, StateUnavailable
+from congvu.directory.model import RateDecision, StateMisconfigured, StateUnavailable
 from congvu.endpoints import unix_path
 from congvu.policyd.checks.rates import Call
-from congvu.policyd.server import PolicyProtocol, PolicyService
+from congvu.policyd.redis_native import NativeCounters
+from congvu.policyd.server import PolicyProtocol, PolicyService, _Metrics
 from congvu.policyd.stats import parse_metrics
 from congvu.rules.units import MB
 
@@ -157,6 +160,46 @@ def test_counter_store_failure_fails_open_and_is_counted(svc: PolicyService) -> 
     counters.pending.pop()[1](StateUnavailable("redis 127.0.0.1:1: no answer within 0.5s"))
     assert tr.value() == b"action=DUNNO\n\n" and not tr.disconnecting
     assert svc.stats.failures[("rates", "dunno")] == 1
+
+
+def test_a_store_refusing_congvus_credentials_is_not_warned_once_per_message(svc: PolicyService) -> None:
+    """StateMisconfigured fails open like an outage and is counted, but its client logged it: no warning per message."""
+    counters = PendingCounters()
+    svc.native = counters  # type: ignore[assignment]
+    proto, tr = _connect(svc)
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        for n, err in enumerate([StateMisconfigured("redis h:1: refused (WRONGPASS …)")] * 3
+                                + [StateUnavailable("redis h:1: connection refused")]):
+            proto.dataReceived(EOM % (20 + n))
+            counters.pending.pop()[1](err)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert tr.value() == b"action=DUNNO\n\n" * 4 and svc.stats.failures[("rates", "dunno")] == 4
+    warned = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+    assert len(warned) == 1 and "connection refused" in str(warned[0])  # an outage still warns, as before
+
+
+def test_metrics_export_whether_the_state_store_answers(svc: PolicyService) -> None:
+    """/metrics has congvu_policyd_state_store_up: 1 with a working store, 0 while its client is unhealthy."""
+    def scrape() -> float:
+        request = DummyRequest([b"metrics"])
+        body = _Metrics(svc).render_GET(request)  # type: ignore[arg-type]
+        [up] = [v for n, _, v in parse_metrics(body.decode()) if n == "congvu_policyd_state_store_up"]
+        return up
+
+    assert scrape() == 1.0  # SQLite counters: opened, so up
+    native = NativeCounters(config_from_mapping({"state": {"backend": "redis", "url": "redis://127.0.0.1:1"}}),
+                            svc.reactor)
+    svc.native = native
+    native.health.refused("WRONGPASS invalid username-password pair", "the password in [state] url")
+    assert scrape() == 0.0
+    native.health.answered()
+    assert scrape() == 1.0
+    svc.native = None
+    svc.engine.ctx.counters = None  # type: ignore[misc]  # the store failed to open
+    assert scrape() == 0.0
 
 
 def test_a_message_counted_once_is_not_counted_again(svc: PolicyService) -> None:

@@ -88,6 +88,16 @@ def test_render_has_the_worker_gauge_and_per_worker_requests() -> None:
         [({"worker": "0"}, 2.0), ({"worker": "1"}, 3.0)]
 
 
+def test_state_store_gauge_is_down_when_any_process_says_so() -> None:
+    """Each process reports 0/1; the sum over workers renders as up only when none is down."""
+    a, b = _stats(1), _stats(2)
+    assert ("congvu_policyd_state_store_up", {}, 1.0) in parse_metrics(a.render([]))
+    b.state_store_down = 1
+    a.merge(Stats.from_dict(json.loads(json.dumps(b.to_dict()))))
+    assert a.state_store_down == 1
+    assert ("congvu_policyd_state_store_up", {}, 0.0) in parse_metrics(a.render([]))
+
+
 def test_write_lines_writes_whole_lines_of_at_most_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every write(2) ends at a line end and stays within the limit; a longer line goes alone; nothing is lost."""
     lines = [b"x" * n + b"\n" for n in (10, 30, 50, 5, 120, 7)]  # 11, 31, 51, 6, 121 and 8 bytes
@@ -217,7 +227,10 @@ def test_a_dead_worker_is_restarted_with_doubling_backoff_and_its_counts_kept(po
     pool.start()
     reactor: Any = pool.reactor
     child = reactor.spawned[0][0]
-    child.childDataReceived(3, json.dumps({"stats": _stats(6, open_=2).to_dict()}).encode() + b"\n")
+    down = _stats(6, open_=2)
+    down.state_store_down = 1
+    child.childDataReceived(3, json.dumps({"stats": down.to_dict()}).encode() + b"\n")
+    assert pool.snapshot()[0].state_store_down == 1
     delays = []
     for _ in range(7):
         n = len(reactor.spawned)
@@ -232,6 +245,7 @@ def test_a_dead_worker_is_restarted_with_doubling_backoff_and_its_counts_kept(po
     assert delays == [1, 2, 4, 8, 16, 30, 30]
     total, per_worker = pool.snapshot()
     assert per_worker[1] == 6 and total.requests == 6 and total.connections_open == 0
+    assert total.state_store_down == 0  # the gauges of a process that is gone are not kept
     reactor.advance(BACKOFF_MAX)  # a worker that ran this long before dying starts again after 1 s
     n = len(reactor.spawned)
     child.processEnded(Failure(ProcessDone(0)))  # type: ignore[no-untyped-call]

@@ -179,3 +179,16 @@ def test_redis_password_stays_out_of_repr_and_show() -> None:
     assert "s3cret" not in repr(cfg) and "s3cret" not in repr(cfg.state)
     assert redact(url) == "redis://:***@127.0.0.1:6379/0"
     assert redact(["rediss://user:p%40ss@h:1", "redis://h:1/0", 5]) == ["rediss://user:***@h:1", "redis://h:1/0", 5]
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("redis://:s3cret@h/0?password=s3cret", "redis://:***@h/0?password=***"),
+    ("redis://h/0?password=s3cret", "redis://h/0?password=***"),
+    ("redis://h/0?db=1&password=s3cret&username=u", "redis://h/0?db=1&password=***&username=u"),
+    ("redis://:p@s3cret@h/0", "redis://:***@h/0"),  # an unencoded @ inside the password
+    ("unix://:s3cret@/run/redis.sock?db=2", "unix://:***@/run/redis.sock?db=2"),
+    ("ldap://a.example:389 ldap://b.example:389", "ldap://a.example:389 ldap://b.example:389"),
+])
+def test_redact_covers_every_place_a_url_carries_a_password(url: str, shown: str) -> None:
+    """``user:password@`` (even with an @ inside) and ``?password=`` are masked; URLs without one are untouched."""
+    assert redact(url) == shown
