@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,7 @@ from congvu.rules.lifecycle import AccountState
 from tests.integration.support import free_port, new_root, read_log, stop_process
 
 REPO = Path(__file__).resolve().parents[3]
-CONGVU = REPO / ".venv" / "bin" / "congvu"
+CONGVU = Path(sys.executable).parent / "congvu"
 DOMAIN = "cantho.gov.vn"
 GOOD = "Đúng-Mật-Khẩu-9x"
 #: A short lockout so the "until the window passes" test waits seconds, not minutes.

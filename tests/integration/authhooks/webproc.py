@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -43,7 +44,7 @@ STRONG = "Bến Ninh Kiều mưa 9 giờ!"  # passes every rule of every profile
 STRONG2 = "Đò ngang qua sông lúc 6h?"
 
 
-CONGVU = REPO / ".venv" / "bin" / "congvu"
+CONGVU = Path(sys.executable).parent / "congvu"
 
 
 class WebSite:

@@ -24,6 +24,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,9 +35,9 @@ from tests.integration.support import free_port, need, new_root, wait_port
 
 REPO = Path(__file__).resolve().parents[3]
 DOVECOT_CONF = REPO / "conf" / "dovecot"
-CONGVU = REPO / ".venv" / "bin" / "congvu"
+CONGVU = Path(sys.executable).parent / "congvu"
 #: pip's console script; the shipped snippet recommends the launcher instead (kept working).
-CONSOLE_HOOK = REPO / ".venv" / "bin" / "congvu-checkpassword"
+CONSOLE_HOOK = Path(sys.executable).parent / "congvu-checkpassword"
 CHECKPASSWORD_SNIPPET = "congvu-checkpassword.conf.ext"
 #: Paths written in the shipped snippets, replaced by the test's own.
 SHIPPED_HOOK = "/usr/local/libexec/congvu/checkpassword"

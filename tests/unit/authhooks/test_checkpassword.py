@@ -25,7 +25,7 @@ from congvu.cli import main as congvu
 from congvu.output import Output
 
 REPO = Path(__file__).resolve().parents[3]
-CONSOLE_SCRIPT = REPO / ".venv" / "bin" / "congvu-checkpassword"
+CONSOLE_SCRIPT = Path(sys.executable).parent / "congvu-checkpassword"
 REPLY = "/usr/lib/dovecot/checkpassword-reply"
 #: What the launcher may load besides the standard library.
 HOOK_MODULES = {"congvu", "congvu.authhooks", "congvu.authhooks.wire", "congvu.authhooks.checkpassword",
