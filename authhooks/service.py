@@ -51,6 +51,7 @@ from congvu.directory.model import (
     AccountStore,
     CounterStore,
     DirectoryUnavailable,
+    LockInfo,
     StateUnavailable,
 )
 from congvu.rules.addresses import canonical
@@ -59,6 +60,7 @@ from congvu.rules.errors import ProtocolError
 from congvu.rules.lifecycle import AccountState
 from congvu.rules.limits import dovecot_quota_rule, effective_quota, message_size_limit
 from congvu.rules.passwords import ExpiryState, PasswordCheck, PasswordPolicy, normalize_password, password_state_for
+from congvu.rules.units import VIETNAM_TIME, format_duration
 
 log = Logger()
 
@@ -136,6 +138,16 @@ class PolicyAnswer:
     msg: str = ""
 
 
+def lockout_decision(info: LockInfo, *, account: bool) -> Decision:
+    """What a locked-out user is told: temporarily locked, until when in Vietnam's time (CT25-3.2)."""
+    until = datetime.fromtimestamp(info.until, VIETNAM_TIME)
+    what_vi, what_en = ("tài khoản", "the account") if account else ("địa chỉ IP này", "this IP address")
+    return Decision(Verdict.REJECT, "CT25-3.2",
+                    f"Đăng nhập sai quá nhiều lần; {what_vi} bị khóa tạm thời đến {until:%H:%M} ngày {until:%d/%m/%Y}.",
+                    f"Too many failed logins; {what_en} is locked until {until:%H:%M} on {until:%d/%m/%Y} "
+                    "(Vietnam time).")
+
+
 def load_secret(path: Path) -> bytes:
     """The key for failure fingerprints: read it, or create it (0600) on first start."""
     try:
@@ -204,9 +216,7 @@ class AuthService:
         """
         now = self.clock()
         address = self.canonical(attempt.username)
-        key_name = address or attempt.username.strip().lower()[:wire.MAX_LOGIN]
-        fp = self._fingerprint(key_name, attempt.password)
-        result = self._login(attempt, address, key_name, fp, now, stamp)
+        result = self._login(attempt, address, now, stamp)
         self._log(attempt, result, via=via)
         return result
 
@@ -219,34 +229,39 @@ class AuthService:
         """
         return self.login(LoginAttempt(username, password, "password-web", remote_ip), stamp=False, via=via)
 
-    def _login(self, attempt: LoginAttempt, address: str | None, key_name: str, fp: str,
-               now: datetime, stamp: bool) -> LoginResult:
+    def _login(self, attempt: LoginAttempt, address: str | None, now: datetime, stamp: bool) -> LoginResult:
+        try:
+            account = self.accounts.get(address) if address else None
+        except DirectoryUnavailable as e:
+            return LoginResult(LoginStatus.UNAVAILABLE, self._unavailable(f"directory: {e}"), address or "")
+        # Failures count against the account the name resolves to, aliases included (CT25-3.2): every
+        # alias of a locked mailbox is locked with it.  A name no account has keeps its own key, so
+        # guessing names still costs.
+        key_name = account.address if account is not None else (
+            address or attempt.username.strip().lower()[:wire.MAX_LOGIN])
         keys = self._failure_keys(key_name, attempt.remote_ip)
+        fp = self._fingerprint(key_name, attempt.password)
         t = now.timestamp()
         refused = self._refuse_input(attempt.password)
         if refused is not None:
-            self._count_failure(keys, fp, t)
-            return LoginResult(LoginStatus.BAD_PASSWORD, refused, address or "")
+            self._count_failure(keys, fp, t, attempt)
+            return LoginResult(LoginStatus.BAD_PASSWORD, refused, key_name if account else address or "")
         try:
             locked = self._locked(keys, t)
         except StateUnavailable as e:
             log.warn("lockout check skipped, state store unavailable ({err}) [CT25-3.2]", err=str(e))
             locked = None
         if locked is not None:
-            return LoginResult(LoginStatus.LOCKED_OUT, locked, address or "")
-        try:
-            account = self.accounts.get(address) if address else None
-        except DirectoryUnavailable as e:
-            return LoginResult(LoginStatus.UNAVAILABLE, self._unavailable(f"directory: {e}"), address or "")
+            return LoginResult(LoginStatus.LOCKED_OUT, locked, key_name if account else address or "")
         if account is None:
             self.hasher.dummy_verify()
-            self._count_failure(keys, fp, t)
+            self._count_failure(keys, fp, t, attempt)
             return LoginResult(LoginStatus.UNKNOWN_USER, Decision(
                 Verdict.REJECT, "CT25-3.2", "Sai tên đăng nhập hoặc mật khẩu.", "Wrong user name or password."),
                 address or "")
         ok, new_hash = self.hasher.verify(attempt.password, account.password_hash)
         if not ok:
-            self._count_failure(keys, fp, t)
+            self._count_failure(keys, fp, t, attempt)
             return LoginResult(LoginStatus.BAD_PASSWORD, Decision(
                 Verdict.REJECT, "CT25-3.2", "Sai tên đăng nhập hoặc mật khẩu.", "Wrong user name or password."),
                 account.address, account=account)
@@ -357,15 +372,12 @@ class AuthService:
 
     def _locked(self, keys: list[tuple[str, int]], t: float) -> Decision | None:
         for key, _limit in keys:
-            until = self.counters.locked_until(key, t)
-            if until is not None:
-                what = "tài khoản" if ":user:" in key else "địa chỉ IP"
-                return Decision(Verdict.REJECT, "CT25-3.2",
-                          f"Đăng nhập sai quá nhiều lần; {what} bị khóa tạm thời.",
-                          f"Too many failed logins; locked until {datetime.fromtimestamp(until, UTC):%H:%M:%S} UTC.")
+            info = self.counters.lock_info(key, t)
+            if info is not None:
+                return lockout_decision(info, account=":user:" in key)
         return None
 
-    def _count_failure(self, keys: list[tuple[str, int]], fp: str, t: float) -> None:
+    def _count_failure(self, keys: list[tuple[str, int]], fp: str, t: float, attempt: LoginAttempt) -> None:
         s = self.cfg.authhooks
         if s.lockout_failures <= 0:
             return
@@ -373,7 +385,9 @@ class AuthService:
             for key, limit in keys:
                 n = self.counters.record_failure(key, fp, s.lockout_window, t)
                 if limit > 0 and n >= limit:
-                    self.counters.lock(key, t + s.lockout_duration.total_seconds(), t)
+                    why = (f"{n} distinct wrong passwords within {format_duration(s.lockout_window)}, the last "
+                           f"from {attempt.remote_ip or 'an unknown address'} ({attempt.service or '?'})")
+                    self.counters.lock(key, t + s.lockout_duration.total_seconds(), t, why)
                     log.warn("lockout: {key} after {n} distinct failures, for {dur} [CT25-3.2]",
                              key=key, n=n, dur=str(s.lockout_duration), rule_id="CT25-3.2")
         except StateUnavailable as e:
@@ -506,15 +520,20 @@ class AuthService:
         now = self.clock()
         t = now.timestamp()
         address = self.canonical(login)
-        key_name = address or login.strip().lower()[:wire.MAX_LOGIN]
+        try:
+            account = self.accounts.get(address) if address else None
+        except DirectoryUnavailable:
+            account = None  # counted under the name as typed: a guess still costs
+        key_name = account.address if account is not None else (address or login.strip().lower()[:wire.MAX_LOGIN])
         keys = self._failure_keys(key_name, remote_ip)
         if success:
             self._forget_failures(keys[:1])
-            if address is not None:
+            if account is not None:
                 with contextlib.suppress(StateUnavailable):
-                    self.counters.stamp_login(address, t, protocol, remote_ip)
+                    self.counters.stamp_login(account.address, t, protocol, remote_ip)
         elif not policy_reject:
-            self._count_failure(keys, self._fingerprint(key_name, f"policy:{pwhash}"), t)
+            self._count_failure(keys, self._fingerprint(key_name, f"policy:{pwhash}"), t,
+                                LoginAttempt(login, "", protocol, remote_ip))
 
     # ------------------------------------------------------------------ presentation
 

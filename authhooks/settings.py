@@ -17,11 +17,13 @@ from congvu.rules.config import duration, endpoint, list_of, network, setting, t
 class AuthhooksSettings:
     """Dovecot authentication and the self-service password page (CT25-5.2, CT25-3.2)."""
 
-    socket: str = setting("", text, doc="auth service unix socket; empty = STATE_DIR/authd.sock")
-    socket_group: str = setting("", text,
-        doc="group owning the socket (mode 0660): the user Dovecot's auth process runs as, e.g. dovecot")
-    web_listen: tuple[str, ...] = setting(["tcp:8080:interface=127.0.0.1"], list_of(endpoint),
-        doc="password page and API")
+    socket: str = setting("/run/congvu/authd.sock", text, path=True,
+        doc="auth service unix socket, which congvu-checkpassword connects to (mode 0660, group socket_group)")
+    socket_group: str = setting("dovecot", text,
+        doc="group owning the socket (mode 0660): the group of the user Dovecot runs checkpassword as "
+            "(its auth worker, dovecot); \"\" = the service's own group")
+    web_listen: tuple[str, ...] = setting(["tcp:8080:interface=127.0.0.1"], list_of(endpoint), path=True,
+        doc="password page and API (behind the TLS proxy of conf/nginx)")
     web_rate_user: int = setting(10, whole(0, 10000), "CT25-3.2",
         doc="password change attempts per account within web_rate_window (page and API); 0 = no limit")
     web_rate_ip: int = setting(30, whole(0, 100000), "CT25-3.2",
@@ -35,7 +37,7 @@ class AuthhooksSettings:
         doc="public origins of the page (e.g. https://mail.cantho.gov.vn) accepted in Origin besides the Host")
     web_trusted_proxies: tuple[Any, ...] = setting(["127.0.0.1/32", "::1/128"], list_of(network), "SUITE",
         doc="reverse proxies whose X-Forwarded-For names the client (rate limits and lockout use it)")
-    policy_listen: tuple[str, ...] = setting([], list_of(endpoint), "CT25-3.2",
+    policy_listen: tuple[str, ...] = setting([], list_of(endpoint), "CT25-3.2", path=True,
         doc="Dovecot auth policy server (auth_policy_server_url) endpoints; empty = off")
     lockout_failures: int = setting(10, whole(0, 1000), "CT25-3.2",
         doc="distinct wrong passwords for one account within lockout_window that lock it; 0 = no lockout")
@@ -53,7 +55,8 @@ class AuthhooksSettings:
         doc="services told [EXPIRED] via nologin; others (smtp, submission) simply fail")
     hook_timeout: timedelta = setting("10s", duration, doc="how long congvu-checkpassword waits for authd")
     threads: int = setting(4, whole(1, 64), doc="authd worker threads (password hashing, directory)")
-    secret_file: str = setting("", text, doc="key for wrong-password fingerprints; empty = STATE_DIR/authd.key")
+    secret_file: str = setting("", text, doc="key for wrong-password fingerprints; empty = STATE_DIR/authd.key",
+                               path=True)
     reminder_every: timedelta = setting("1d", duration, "CT25-6.4b",
         doc="record the expiry reminder at most this often per account")
 

@@ -99,6 +99,7 @@ state_dir = "{root}/var"
 [directory]
 hash_cost = "test"
 [authhooks]
+socket = "{root}/var/authd.sock"
 socket_group = "dovecot"
 uid = "{MAIL_UID}"
 gid = "{MAIL_GID}"

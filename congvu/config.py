@@ -12,7 +12,9 @@ stops start-up with one sentence, never a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -64,7 +66,8 @@ TOP_LEVEL: dict[str, tuple[Any, Parser, str, str]] = {
     "organisation": ("", text, "CT25-4.4", "organisation name shown in display names"),
     "city": ("", text, "SUITE", "city or province, refused inside passwords"),
     "language": ("both", choice("vi", "en", "both"), "SUITE", "language of user-facing text"),
-    "state_dir": ("./var", text, "SUITE", "where embedded databases and sockets live"),
+    "state_dir": ("/var/lib/congvu", text, "SUITE",
+                  "where the embedded databases live (a relative path is relative to this file)"),
 }
 
 
@@ -142,6 +145,40 @@ def config_from_mapping(data: Mapping[str, Any], *, profile: str | None = None,
     return _build(name, dict(data), profile)
 
 
+def _resolve_path(value: str, base: Path) -> str:
+    """A relative path, or the path of a relative ``unix:`` endpoint, made absolute against ``base``."""
+    if value.startswith("unix:"):
+        parts = re.split(r"(?<!\\):", value[5:])
+        path = parts[0].replace("\\:", ":")
+        prefix = ""
+        if path.startswith("path="):
+            prefix, path = "path=", path[5:]
+        if not path or os.path.isabs(path):
+            return value
+        return ":".join(["unix", prefix + str(base / path).replace(":", "\\:"), *parts[1:]])
+    if not value or value.startswith(("tcp:", "tcp6:", "ssl:")) or os.path.isabs(value):
+        return value
+    return str(base / value)
+
+
+def _resolved(section: Any, base: Path | None) -> Any:
+    """``section`` with its path settings resolved against the config file's directory (``base``).
+
+    A config file names files relative to itself, never to the working directory of
+    whoever runs ``congvu``: two operators in two directories open the same database.
+    """
+    if base is None:
+        return section
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(section):
+        if not f.metadata.get("path"):
+            continue
+        value = getattr(section, f.name)
+        changes[f.name] = (tuple(_resolve_path(v, base) for v in value) if isinstance(value, tuple)
+                           else _resolve_path(value, base))
+    return dataclasses.replace(section, **changes)
+
+
 def _build(fname: str, data: dict[str, Any], profile_arg: str | None) -> Config:
     origins: dict[str, Origin] = {}
     allowed = set(TOP_LEVEL) | set(SECTIONS)
@@ -164,11 +201,13 @@ def _build(fname: str, data: dict[str, Any], profile_arg: str | None) -> Config:
         top[key] = resolve(fname, key, parse, raw_default, rid, prof.get("", key),
                            (key in data, data.get(key)), doc, origins)
 
-    sections = {sname: build_section(fname, sname, cls, data.get(sname, {}), prof, origins)
+    base = Path(fname).absolute().parent if fname not in ("<defaults>", "<mapping>") else None
+    sections = {sname: _resolved(build_section(fname, sname, cls, data.get(sname, {}), prof, origins), base)
                 for sname, cls in SECTIONS.items()}
+    state_dir = Path(top["state_dir"])
     cfg = Config(path=fname, profile=prof, domain=top["domain"],
                  organisation=top["organisation"], city=top["city"] or "",
-                 language=top["language"], state_dir=Path(top["state_dir"]),
+                 language=top["language"], state_dir=base / state_dir if base else state_dir,
                  origins=MappingProxyType(origins), **sections)
     validate_rules(fname, cfg)
     check_listen(cfg)

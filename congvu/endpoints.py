@@ -127,13 +127,13 @@ class Listener:
         let the group in: ``mode=660``), named by ``group_setting`` in errors.
         """
         gid = -1
-        if group:
+        path = unix_path(endpoint)
+        if group and path is not None:
             try:
                 gid = grp.getgrnam(group).gr_gid
             except KeyError:
                 raise ListenFailed(f"{what}: no group {group!r} on this host ({_key(group_setting or setting)})"
                                    ) from None
-        path = unix_path(endpoint)
         if path is not None:
             prepare_unix(Path(path), what, endpoint, setting)
             endpoint = _without_lockfile(endpoint)

@@ -27,7 +27,7 @@ from redis.exceptions import AuthenticationError, AuthenticationWrongNumberOfArg
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from congvu.directory.model import LoginStamp, RateDecision, StateUnavailable
+from congvu.directory.model import LockInfo, LoginStamp, RateDecision, StateUnavailable
 from congvu.directory.redis_target import Health, RedisTarget
 from congvu.directory.settings import StoreConfig
 from congvu.directory.windows import (
@@ -168,21 +168,27 @@ class RedisCounters:
     def clear_failures(self, key: str) -> None:
         self._call(lambda: self._r.delete(self.prefix + "f:" + key))
 
-    def lock(self, key: str, until: float, now: float) -> None:
+    def lock(self, key: str, until: float, now: float, reason: str = "") -> None:
         until_ms, now_ms = ms(until), ms(now)
         if until_ms <= now_ms:
             self.unlock(key)
             return
-        self._call(lambda: self._r.set(self.prefix + "l:" + key, until_ms, px=until_ms - now_ms))
+        value = f"{until_ms}\t{now_ms}\t{clean_field(reason)}"
+        self._call(lambda: self._r.set(self.prefix + "l:" + key, value, px=until_ms - now_ms))
 
     def unlock(self, key: str) -> None:
         self._call(lambda: self._r.delete(self.prefix + "l:" + key))
 
-    def locked_until(self, key: str, now: float) -> float | None:
+    def lock_info(self, key: str, now: float) -> LockInfo | None:
         raw = self._call(lambda: self._r.get(self.prefix + "l:" + key))
-        if raw is None or int(raw) <= ms(now):
+        if raw is None:
             return None
-        return int(raw) / 1000
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        until, _, rest = text.partition("\t")  # a bare number: written before locks had 'since'
+        since, _, reason = rest.partition("\t")
+        if int(until) <= ms(now):
+            return None
+        return LockInfo(int(since or 0) / 1000, int(until) / 1000, reason)
 
     # ------------------------------------------------------------------ last-login stamps
 

@@ -17,7 +17,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
-from congvu.directory.model import LoginStamp, RateDecision, StateUnavailable
+from congvu.directory.model import (
+    DirectoryError,
+    DirectoryUnavailable,
+    LockInfo,
+    LoginStamp,
+    RateDecision,
+    StateUnavailable,
+)
+from congvu.directory.sqlite_files import connect, migrate, version
 from congvu.directory.windows import (
     MAX_FINGERPRINTS,
     Mode,
@@ -32,28 +40,37 @@ from congvu.directory.windows import (
     window_ms,
 )
 
-SCHEMA_VERSION = 1
 SWEEP_EVERY_MS = 60_000
 
-_SCHEMA = [
-    """CREATE TABLE counter_buckets (
-           key TEXT NOT NULL, window_ms INTEGER NOT NULL, bucket INTEGER NOT NULL,
-           amount INTEGER NOT NULL, expires_ms INTEGER NOT NULL,
-           PRIMARY KEY (key, window_ms, bucket)) WITHOUT ROWID""",
-    "CREATE INDEX counter_buckets_expiry ON counter_buckets (expires_ms)",
-    """CREATE TABLE login_failures (
-           key TEXT NOT NULL, fingerprint TEXT NOT NULL, at_ms INTEGER NOT NULL,
-           expires_ms INTEGER NOT NULL, PRIMARY KEY (key, fingerprint)) WITHOUT ROWID""",
-    "CREATE INDEX login_failures_expiry ON login_failures (expires_ms)",
-    "CREATE TABLE locks (key TEXT PRIMARY KEY, until_ms INTEGER NOT NULL) WITHOUT ROWID",
-    "CREATE INDEX locks_expiry ON locks (until_ms)",
-    "CREATE TABLE markers (marker TEXT PRIMARY KEY, expires_ms INTEGER NOT NULL) WITHOUT ROWID",
-    "CREATE INDEX markers_expiry ON markers (expires_ms)",
-    """CREATE TABLE login_stamps (
-           address TEXT PRIMARY KEY, at_ms INTEGER NOT NULL, service TEXT NOT NULL,
-           ip TEXT NOT NULL) WITHOUT ROWID""",
-    "CREATE TABLE login_taken (address TEXT PRIMARY KEY, next_ms INTEGER NOT NULL) WITHOUT ROWID",
-]
+#: Each entry upgrades the schema by one version; append, never edit a released entry.
+MIGRATIONS: tuple[str, ...] = (
+    # 1: windows, failures, locks, de-dup markers, login stamps.
+    """
+    CREATE TABLE counter_buckets (
+        key TEXT NOT NULL, window_ms INTEGER NOT NULL, bucket INTEGER NOT NULL,
+        amount INTEGER NOT NULL, expires_ms INTEGER NOT NULL,
+        PRIMARY KEY (key, window_ms, bucket)) WITHOUT ROWID;
+    CREATE INDEX counter_buckets_expiry ON counter_buckets (expires_ms);
+    CREATE TABLE login_failures (
+        key TEXT NOT NULL, fingerprint TEXT NOT NULL, at_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL, PRIMARY KEY (key, fingerprint)) WITHOUT ROWID;
+    CREATE INDEX login_failures_expiry ON login_failures (expires_ms);
+    CREATE TABLE locks (key TEXT PRIMARY KEY, until_ms INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE INDEX locks_expiry ON locks (until_ms);
+    CREATE TABLE markers (marker TEXT PRIMARY KEY, expires_ms INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE INDEX markers_expiry ON markers (expires_ms);
+    CREATE TABLE login_stamps (
+        address TEXT PRIMARY KEY, at_ms INTEGER NOT NULL, service TEXT NOT NULL,
+        ip TEXT NOT NULL) WITHOUT ROWID;
+    CREATE TABLE login_taken (address TEXT PRIMARY KEY, next_ms INTEGER NOT NULL) WITHOUT ROWID;
+    """,
+    # 2: a lock says since when and why (a lockout is shown by `congvu account show`).
+    """
+    ALTER TABLE locks ADD COLUMN since_ms INTEGER;
+    ALTER TABLE locks ADD COLUMN reason TEXT NOT NULL DEFAULT '';
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
 
 T = TypeVar("T")
 
@@ -67,28 +84,24 @@ class SqliteCounters:
         self._lock = threading.Lock()  # one connection, shared by the caller's thread pool
         self._next_sweep = 0
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None,
-                                       check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints; counters are volatile
-            self._migrate()
-        except (sqlite3.Error, OSError) as e:
-            raise StateUnavailable(f"state database {self.path}: {e}") from None
+            self._db = connect(self.path, timeout, what="state database")
+        except DirectoryUnavailable as e:
+            raise StateUnavailable(str(e)) from None
+        try:
+            self._adopt_user_version()
+            migrate(self._db, self.path, MIGRATIONS, what="state database")
+        except (DirectoryError, sqlite3.Error) as e:
+            self._db.close()
+            raise StateUnavailable(str(e)) from None
 
     def __repr__(self) -> str:
         return f"SqliteCounters({str(self.path)!r})"
 
-    def _migrate(self) -> None:
-        with self._tx(None) as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise sqlite3.DatabaseError(
-                    f"schema version {version} is newer than this congvu ({SCHEMA_VERSION})")
-            if version == 0:
-                for stmt in _SCHEMA:
-                    db.execute(stmt)
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    def _adopt_user_version(self) -> None:
+        """A file made before numbered migrations carries its version in ``PRAGMA user_version`` (1)."""
+        if version(self._db) == 0 and self._db.execute("PRAGMA user_version").fetchone()[0] == 1:
+            self._db.executescript("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);"
+                                   "INSERT INTO schema_version (version) VALUES (1);")
 
     @contextmanager
     def _tx(self, now_ms: int | None) -> Iterator[sqlite3.Connection]:
@@ -186,24 +199,25 @@ class SqliteCounters:
     def clear_failures(self, key: str) -> None:
         self._run(None, lambda db: db.execute("DELETE FROM login_failures WHERE key = ?", (key,)))
 
-    def lock(self, key: str, until: float, now: float) -> None:
+    def lock(self, key: str, until: float, now: float, reason: str = "") -> None:
         until_ms = ms(until)
         if until_ms <= ms(now):
             self.unlock(key)
             return
         self._run(None, lambda db: db.execute(
-            "INSERT INTO locks (key, until_ms) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET until_ms = "
-            "excluded.until_ms", (key, until_ms)))
+            "INSERT INTO locks (key, until_ms, since_ms, reason) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO UPDATE "
+            "SET until_ms = excluded.until_ms, since_ms = excluded.since_ms, reason = excluded.reason",
+            (key, until_ms, ms(now), clean_field(reason))))
 
     def unlock(self, key: str) -> None:
         self._run(None, lambda db: db.execute("DELETE FROM locks WHERE key = ?", (key,)))
 
-    def locked_until(self, key: str, now: float) -> float | None:
-        row = self._run(None, lambda db: db.execute("SELECT until_ms FROM locks WHERE key = ?",
+    def lock_info(self, key: str, now: float) -> LockInfo | None:
+        row = self._run(None, lambda db: db.execute("SELECT until_ms, since_ms, reason FROM locks WHERE key = ?",
                                                     (key,)).fetchone())
         if row is None or row[0] <= ms(now):
             return None
-        return int(row[0]) / 1000
+        return LockInfo(int(row[1] or 0) / 1000, int(row[0]) / 1000, str(row[2] or ""))
 
     # ------------------------------------------------------------------ last-login stamps
 

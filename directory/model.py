@@ -167,6 +167,14 @@ class RateDecision(NamedTuple):
     retry_after: float | None
 
 
+class LockInfo(NamedTuple):
+    """A lock on a counter key (a lockout): since when, until when, and why (shown by ``account show``)."""
+
+    since: float
+    until: float
+    reason: str
+
+
 class LoginStamp(NamedTuple):
     """One successful login, kept in the counter store until flushed to the directory."""
 
@@ -204,14 +212,14 @@ class CounterStore(Protocol):
     def clear_failures(self, key: str) -> None:
         """Forget the failures (after a successful login or an operator reset)."""
 
-    def lock(self, key: str, until: float, now: float) -> None:
-        """Lock ``key`` until the time ``until``."""
+    def lock(self, key: str, until: float, now: float, reason: str = "") -> None:
+        """Lock ``key`` from ``now`` until the time ``until``, remembering ``reason`` (one line, no secret)."""
 
     def unlock(self, key: str) -> None:
         """Lift a lock early (operator action)."""
 
-    def locked_until(self, key: str, now: float) -> float | None:
-        """When the lock ends, or None if ``key`` is not locked at ``now``."""
+    def lock_info(self, key: str, now: float) -> LockInfo | None:
+        """The lock on ``key`` at ``now``, or None if it is not locked."""
 
     def stamp_login(self, address: str, when: float, service: str, ip: str) -> None:
         """Remember a successful login (hot path: one round trip; the latest stamp wins)."""

@@ -21,14 +21,14 @@ class DirectorySettings:
     """Where accounts live (CT15-3.2: the city's LDAP directory, or embedded SQLite)."""
 
     backend: str = setting("sqlite", choice("sqlite", "ldap"), doc="account store")
-    path: str = setting("", text, doc="SQLite file; empty = STATE_DIR/directory.sqlite3")
+    path: str = setting("", text, doc="SQLite file; empty = STATE_DIR/directory.sqlite3", path=True)
     url: str = setting("ldap://127.0.0.1:389", text, "CT15-3.2",
         doc="LDAP server URL (ldap:// or ldaps://); several separated by spaces are tried in order")
     base_dn: str = setting("", text, "CT15-3.2", doc="subtree holding the mail accounts")
     bind_dn: str = setting("", text, doc="service account DN")
-    bind_password_file: str = setting("", text, doc="file holding the service account password")
+    bind_password_file: str = setting("", text, doc="file holding the service account password", path=True)
     start_tls: bool = setting(False, boolean, doc="StartTLS on ldap:// URLs")
-    ca_file: str = setting("", text, doc="CA bundle for ldaps/StartTLS")
+    ca_file: str = setting("", text, doc="CA bundle for ldaps/StartTLS", path=True)
     timeout: timedelta = setting("5s", duration, doc="timeout on every directory call")
     pool_size: int = setting(4, whole(1, 64), doc="LDAP connections kept open")
     cache_ttl: timedelta = setting("30s", duration, doc="how long hot-path reads are cached")
@@ -45,14 +45,14 @@ class StateSettings:
     """Counters and volatile state shared by MX and IMAP hosts."""
 
     backend: str = setting("sqlite", choice("sqlite", "redis"), doc="counter store")
-    path: str = setting("", text, doc="SQLite file; empty = STATE_DIR/state.sqlite3")
+    path: str = setting("", text, doc="SQLite file; empty = STATE_DIR/state.sqlite3", path=True)
     url: str = setting("redis://127.0.0.1:6379/0", text,
         doc="redis://[user:password@]host:port/db, rediss:// (TLS; CA via ?ssl_ca_certs=/path) or "
             "unix:///path?db=N; prefer password_file to a password in the URL", secret=True)
     sentinels: tuple[str, ...] = setting([], list_of(text), doc="host:port of Redis Sentinels; empty = no Sentinel")
     sentinel_service: str = setting("mymaster", text, doc="Sentinel service name")
     password_file: str = setting("", text,
-        doc="file holding the Redis password (first line); replaces a password in url, keeps its user name")
+        doc="file holding the Redis password (first line); replaces a password in url, keeps its user name", path=True)
     prefix: str = setting("congvu:", text, doc="key prefix, so several sites can share one Redis")
     timeout: timedelta = setting("1s", duration,
         doc="connect and read timeout on every counter call, no retries; then StateUnavailable")

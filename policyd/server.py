@@ -510,7 +510,8 @@ class PolicyService(Service):
     @defer.inlineCallbacks
     def _listen(self, endpoint: str, factory: Factory, what: str, setting: str) -> Any:
         assert self.listen is not None
-        port = yield self.listen(endpoint, factory, what=what, setting=setting)
+        port = yield self.listen(endpoint, factory, what=what, setting=setting, group=self.cfg.policyd.socket_group,
+                                 group_setting="policyd.socket_group")
         self.ports.append(port)
         return port
 

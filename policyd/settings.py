@@ -26,6 +26,7 @@ from congvu.rules.config import (
     network,
     setting,
     size,
+    text,
     whole,
 )
 from congvu.rules.errors import ConfigError
@@ -74,9 +75,12 @@ def _workers(v: Any) -> int:
 class PolicydSettings:
     """The Postfix policy server (CT25-3, CT25-5.1, TH13-9, CT15-8)."""
 
-    listen: tuple[str, ...] = setting(["tcp:10040:interface=127.0.0.1"], list_of(endpoint),
+    listen: tuple[str, ...] = setting(["tcp:10040:interface=127.0.0.1"], list_of(endpoint), path=True,
         doc="endpoints Postfix connects to: a unix socket, or TCP on a loopback interface "
             "(anything else needs allow_remote)")
+    socket_group: str = setting("", text,
+        doc="group given the unix sockets of listen (their mode, e.g. mode=660, lets the group in): postfix, "
+            "whose smtpd connects; \"\" = the service's own group")
     allow_remote: bool = setting(False, boolean, "CT25-3.2",
         doc="allow a TCP listen endpoint on a non-loopback interface (or on all interfaces): anyone who "
             "can connect can then spend users' sending budgets and probe account states; firewall it")
@@ -128,7 +132,7 @@ class PolicydSettings:
     fail_size: str = setting("defer", _FAILURE, "CT25-5.1", doc="internal error: defer or dunno")
     fail_recipients: str = setting("defer", _FAILURE, "CT25-3.1", doc="internal error: defer or dunno")
     fail_rates: str = setting("dunno", _FAILURE, "CT25-3.1", doc="counter store down: dunno (log) or defer")
-    stats_listen: tuple[str, ...] = setting(["tcp:10049:interface=127.0.0.1"], list_of(endpoint),
+    stats_listen: tuple[str, ...] = setting(["tcp:10049:interface=127.0.0.1"], list_of(endpoint), path=True,
         doc="Prometheus text endpoint (/metrics) and `congvu policyd stats`; [] = off")
     log_decisions: str = setting("all", choice("all", "blocks"),
         doc="one log line per decision (all), or only for refusals and defers (blocks)")

@@ -171,14 +171,15 @@ def domain_name(v: Any) -> str:
 
 
 def setting(raw_default: Any, parse: Parser, rule_id: str = "SUITE", doc: str = "", *,
-            secret: bool = False) -> Any:
+            secret: bool = False, path: bool = False) -> Any:
     """Declare a config key: its suite default (as written in TOML), parser, id and help.
 
     ``secret``: the value may carry a credential (a URL with a password), so it stays out
-    of the section's repr.
+    of the section's repr.  ``path``: a file path (or endpoints, whose ``unix:`` paths
+    count): a relative one is resolved against the config file's directory when loaded.
     """
     return field(repr=not secret, metadata={"default": raw_default, "parse": parse, "rule_id": rule_id,
-                                            "doc": doc})
+                                            "doc": doc, "path": path})
 
 
 #: ``scheme://user:password@``: up to the authority's last ``@`` (a password may hold one), never past a ``/``.

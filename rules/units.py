@@ -9,9 +9,12 @@ length keeps expiry independent of which calendar month a password was set in.
 from __future__ import annotations
 
 import re
-from datetime import time, timedelta
+from datetime import time, timedelta, timezone
 
 from congvu.rules.errors import InvalidInput
+
+#: Vietnam's civil time (Giờ Đông Dương, UTC+7, no daylight saving): how users read a time.
+VIETNAM_TIME = timezone(timedelta(hours=7), "ICT")
 
 KB = 1024
 MB = 1024 * KB

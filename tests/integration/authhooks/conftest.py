@@ -45,6 +45,7 @@ hash_cost = "test"
 cache_ttl = "1h"  # authd must not rely on it: it reads the directory uncached
 
 [authhooks]
+socket = "{root}/var/authd.sock"
 socket_group = "dovecot"
 uid = "65534"
 gid = "65534"

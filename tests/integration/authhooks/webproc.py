@@ -81,6 +81,7 @@ hash_cost = "test"
 
 [authhooks]
 web_listen = {json.dumps(web_listen)}
+socket = "{self.root}/var/authd.sock"
 socket_group = "dovecot"
 uid = "65534"
 gid = "65534"

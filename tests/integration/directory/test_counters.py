@@ -13,7 +13,7 @@ import pytest
 
 from congvu.config import config_from_mapping
 from congvu.directory.counters import LoginStampFlusher, open_counters
-from congvu.directory.model import Account, CounterStore
+from congvu.directory.model import Account, CounterStore, LockInfo
 from congvu.directory.windows import bucket_ms
 from tests.integration.servers.redis import RedisServer
 
@@ -187,16 +187,24 @@ def test_clear_failures(store: CounterStore) -> None:
 
 def test_lock_expires_by_the_injected_clock(store: CounterStore) -> None:
     """A lock holds until its end time, then is gone; unlock lifts it early."""
-    assert store.locked_until("auth:f@x", T0) is None
+    assert store.lock_info("auth:f@x", T0) is None
     store.lock("auth:f@x", T0 + 1800, T0)
-    assert store.locked_until("auth:f@x", T0 + 1) == T0 + 1800
-    assert store.locked_until("auth:f@x", T0 + 1799.9) == T0 + 1800
-    assert store.locked_until("auth:f@x", T0 + 1800) is None
+    assert store.lock_info("auth:f@x", T0 + 1) == LockInfo(T0, T0 + 1800, "")
+    assert store.lock_info("auth:f@x", T0 + 1799.9) is not None
+    assert store.lock_info("auth:f@x", T0 + 1800) is None
     store.lock("auth:g@x", T0 + 60, T0)
     store.unlock("auth:g@x")
-    assert store.locked_until("auth:g@x", T0) is None
+    assert store.lock_info("auth:g@x", T0) is None
     store.lock("auth:h@x", T0 - 5, T0)  # an end in the past locks nothing
-    assert store.locked_until("auth:h@x", T0) is None
+    assert store.lock_info("auth:h@x", T0) is None
+
+
+def test_a_lock_remembers_since_when_and_why(store: CounterStore) -> None:
+    """since, until and a one-line reason come back as written; a newline in the reason cannot split it."""
+    store.lock("auth:i@x", T0 + 900, T0 + 10, "10 distinct wrong passwords within 15m, the last from 192.0.2.7\n(imap)")
+    info = store.lock_info("auth:i@x", T0 + 11)
+    assert info is not None and (info.since, info.until) == (T0 + 10, T0 + 900)
+    assert info.reason == "10 distinct wrong passwords within 15m, the last from 192.0.2.7 (imap)"
 
 
 # ------------------------------------------------------------------ de-dup markers

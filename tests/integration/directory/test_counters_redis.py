@@ -48,7 +48,7 @@ def test_stopped_redis_fails_fast_and_recovers(tmp_path: Path, own_redis: RedisS
         own_redis.stop()
         calls: list[Callable[[], object]] = [
             lambda: store.hit("k", 1, [HOUR], T0), lambda: store.hit_if_below("k", 1, [(HOUR, 5)], T0),
-            lambda: store.seen("m", HOUR, T0), lambda: store.locked_until("k", T0),
+            lambda: store.seen("m", HOUR, T0), lambda: store.lock_info("k", T0),
             lambda: store.record_failure("k", "fp", HOUR, T0),
             lambda: store.stamp_login("a@x", T0, "imap", "10.0.0.1")]
         for call in calls:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from congvu.directory.counters_sqlite import SCHEMA_VERSION, SqliteCounters
-from congvu.directory.model import StateUnavailable
+from congvu.directory.counters_sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteCounters
+from congvu.directory.model import LockInfo, StateUnavailable
+from congvu.directory.sqlite_files import statements
 
 T0 = 1_800_000_000.0
 HOUR = timedelta(hours=1)
@@ -21,7 +22,21 @@ def test_wal_mode(tmp_path: Path) -> None:
     SqliteCounters(tmp_path / "s.sqlite3").close()
     with sqlite3.connect(tmp_path / "s.sqlite3") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_a_file_of_the_first_schema_is_upgraded_in_place(tmp_path: Path) -> None:
+    """A state file made before numbered migrations (user_version 1, locks without since/reason) keeps its rows."""
+    with sqlite3.connect(tmp_path / "s.sqlite3") as db:
+        for statement in statements(MIGRATIONS[0]):
+            db.execute(statement)
+        db.execute("PRAGMA user_version = 1")
+        db.execute("INSERT INTO locks (key, until_ms) VALUES ('auth:a@x', ?)", (int((T0 + 60) * 1000),))
+    store = SqliteCounters(tmp_path / "s.sqlite3")
+    try:
+        assert store.lock_info("auth:a@x", T0) == LockInfo(0.0, T0 + 60, "")
+    finally:
+        store.close()
 
 
 def test_locked_database_fails_within_timeout_then_recovers(tmp_path: Path) -> None:
@@ -51,7 +66,8 @@ def test_unusable_path_is_state_unavailable(tmp_path: Path) -> None:
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     """A database written by a newer congvu is not silently reused."""
     with sqlite3.connect(tmp_path / "s.sqlite3") as db:
-        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION + 1,))
     with pytest.raises(StateUnavailable, match="newer"):
         SqliteCounters(tmp_path / "s.sqlite3")
 

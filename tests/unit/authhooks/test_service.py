@@ -79,6 +79,32 @@ def test_lockout_counts_distinct_passwords_and_refuses_without_verifying(env: tu
     assert login(svc, "khoa") is LoginStatus.OK
 
 
+def test_aliases_share_the_accounts_lockout(env: tuple[AuthService, Clock]) -> None:
+    """Failures through an alias count against the account: a locked mailbox is locked under every name."""
+    svc, _ = env
+    addr = add(svc, "chinh")
+    svc.accounts.update(addr, aliases=("hotro@cantho.gov.vn", "banbientap@cantho.gov.vn"))
+    login(svc, "hotro", "wrong-1")
+    login(svc, "banbientap@cantho.gov.vn", "wrong-2")
+    login(svc, "CHINH", "wrong-3")
+    for name in ("chinh", "hotro", "banbientap@cantho.gov.vn"):
+        assert login(svc, name) is LoginStatus.LOCKED_OUT, name
+    info = svc.counters.lock_info(f"authfail:user:{addr}", svc.clock().timestamp())
+    assert info is not None and info.reason.startswith("3 distinct wrong passwords within 15m")
+
+
+def test_a_lockout_tells_until_when_in_vietnam_time(env: tuple[AuthService, Clock]) -> None:
+    """The refusal says the account is temporarily locked and until when, in UTC+7 (08:00 UTC + 10 min = 15:10)."""
+    svc, _ = env
+    add(svc, "gio")
+    for i in range(3):
+        login(svc, "gio", f"wrong-{i}")
+    result = svc.login(LoginAttempt("gio", PW, "imap", "192.0.2.1"))
+    assert result.status is LoginStatus.LOCKED_OUT
+    assert "khóa tạm thời đến 15:10 ngày 02/03/2026" in result.decision.text_vi
+    assert "locked until 15:10 on 02/03/2026 (Vietnam time)" in result.decision.text_en
+
+
 def test_ip_lockout_spans_accounts_and_spares_exempt_networks(env: tuple[AuthService, Clock]) -> None:
     """5 failures from one IP over different names lock that IP for every account."""
     svc, _ = env

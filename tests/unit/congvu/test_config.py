@@ -192,3 +192,32 @@ def test_redis_password_stays_out_of_repr_and_show() -> None:
 def test_redact_covers_every_place_a_url_carries_a_password(url: str, shown: str) -> None:
     """``user:password@`` (even with an @ inside) and ``?password=`` are masked; URLs without one are untouched."""
     assert redact(url) == shown
+
+
+def test_relative_paths_in_a_file_are_relative_to_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """state_dir, files and unix: endpoints written relative resolve against the config file's directory, not the cwd."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "congvu.toml").write_text(
+        'state_dir = "../lib"\n[state]\npassword_file = "redis.pw"\n'
+        '[policyd]\nlisten = ["unix:run/policy:mode=660", "tcp:10040:interface=127.0.0.1", "unix:/abs/p"]\n'
+        '[authhooks]\nsocket = "authd.sock"\n', encoding="utf-8")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config("../etc/congvu.toml")
+    assert cfg.state_dir.resolve() == (tmp_path / "lib").resolve()
+    assert Path(cfg.state.password_file).resolve() == (etc / "redis.pw").resolve()
+    assert Path(cfg.authhooks.socket).resolve() == (etc / "authd.sock").resolve()
+    first, tcp, absolute = cfg.policyd.listen
+    assert first.startswith("unix:/") and first.endswith("/etc/run/policy:mode=660")
+    assert (tcp, absolute) == ("tcp:10040:interface=127.0.0.1", "unix:/abs/p")
+    assert cfg.state_file(cfg.directory.path, "directory.sqlite3").resolve() == (tmp_path / "lib" / "directory.sqlite3"
+                                                                                  ).resolve()
+
+
+def test_the_built_in_defaults_are_the_installed_layout() -> None:
+    """Without a file, state lives in /var/lib/congvu and the auth socket in /run/congvu, as the snippets say."""
+    cfg = config_from_mapping({})
+    assert cfg.state_dir == Path("/var/lib/congvu")
+    assert cfg.authhooks.socket == "/run/congvu/authd.sock" and cfg.authhooks.socket_group == "dovecot"

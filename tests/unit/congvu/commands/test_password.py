@@ -15,7 +15,7 @@ import pytest
 from congvu.cli import main
 from congvu.output import Output
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[4]
 ACCOUNT = ["--user", "nvminh", "--name", "Nguyễn Văn Minh", "--agency", "sonv"]
 
 

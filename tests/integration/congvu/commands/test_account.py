@@ -17,7 +17,7 @@ from congvu.directory.sqlite_store import SCHEMA_VERSION, SqliteAccountStore
 from congvu.rules.lifecycle import AccountState
 from tests.integration.directory.conftest import Site, ldap_store
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[4]
 FAST = Hasher("test")
 GB = 1024**3
 
