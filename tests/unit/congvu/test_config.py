@@ -195,7 +195,7 @@ def test_redact_covers_every_place_a_url_carries_a_password(url: str, shown: str
 
 
 def test_relative_paths_in_a_file_are_relative_to_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """state_dir, files and unix: endpoints written relative resolve against the config file's directory, not the cwd."""
+    """Relative state_dir, files and unix: endpoints resolve against the config file's directory, not the cwd."""
     etc = tmp_path / "etc"
     etc.mkdir()
     (etc / "congvu.toml").write_text(
