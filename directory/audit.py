@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from congvu.directory.model import DirectoryError, DirectoryUnavailable
+from congvu.directory.settings import StoreConfig
 from congvu.directory.sqlite_files import connect, migrate
 
 #: Each entry upgrades the schema by one version; append, never edit a released entry.
@@ -82,6 +83,12 @@ def _clean(values: Mapping[str, Any]) -> dict[str, Any]:
             v = sorted(v) if isinstance(v, frozenset | set) else list(v)
         out[k] = v
     return out
+
+
+def open_audit(cfg: StoreConfig) -> AuditLog:
+    """The site's audit log (``[directory] audit_path``)."""
+    return AuditLog(cfg.state_file(cfg.directory.audit_path, "audit.sqlite3"),
+                    timeout=cfg.directory.timeout.total_seconds())
 
 
 class AuditLog:

@@ -22,6 +22,9 @@ class DirectorySettings:
 
     backend: str = setting("sqlite", choice("sqlite", "ldap"), doc="account store")
     path: str = setting("", text, doc="SQLite file; empty = STATE_DIR/directory.sqlite3", path=True)
+    audit_path: str = setting("", text, path=True,
+        doc="the append-only audit log of operator changes (SQLite, whatever the backend); "
+            "empty = STATE_DIR/audit.sqlite3")
     url: str = setting("ldap://127.0.0.1:389", text, "CT15-3.2",
         doc="LDAP server URL (ldap:// or ldaps://); several separated by spaces are tried in order")
     base_dn: str = setting("", text, "CT15-3.2", doc="subtree holding the mail accounts")

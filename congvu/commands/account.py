@@ -1,9 +1,13 @@
-"""``congvu account add|show|list|set|passwd``: the operator's hands on mailboxes (CT25-6, CT25-7).
+"""``congvu account add|show|list|set|passwd|unlock``: the operator's hands on mailboxes (CT25-6, CT25-7).
 
 Other tools script these, so names, flags and exit codes are stable: 0 ok, 1 refused
 (the reason, its rule id and article are printed), 2 usage, 4 not found.  ``--json``
 prints the account's fields; the password hash and its history never leave the store.
-A temporary password is printed exactly once, by ``add`` and ``passwd``.
+A temporary password is printed exactly once, by ``add`` and ``passwd``.  Every change
+appends a record to the audit log (who, when, before → after, why: ``--reason``, ``--ref``).
+
+A lockout (too many wrong passwords, CT25-3.2) is part of what ``show`` says about an
+account: since when, until when and why; ``unlock`` lifts it, and so does ``passwd``.
 """
 
 from __future__ import annotations
@@ -15,9 +19,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from congvu.commands.common import EXIT_OK, EXIT_REFUSED, UsageError, add_config_args, config_for
+from congvu.commands.common import EXIT_OK, EXIT_REFUSED, UsageError, add_config_args, config_for, operator
 from congvu.config import Config
-from congvu.directory.model import Account, AccountExists, AccountNotFound, AccountStore, DirectoryError
+from congvu.directory.model import (
+    Account,
+    AccountExists,
+    AccountNotFound,
+    AccountStore,
+    DirectoryError,
+    LockInfo,
+    StateUnavailable,
+)
 from congvu.output import Output
 from congvu.rules.addresses import canonical
 from congvu.rules.config import MAILBOX_TYPES, MailboxType
@@ -25,9 +37,10 @@ from congvu.rules.errors import CongvuError
 from congvu.rules.lifecycle import AccountState, Event, InvalidTransition, Transition, apply, initial_state
 from congvu.rules.limits import effective_quota
 from congvu.rules.requirements import citation
-from congvu.rules.units import UnitError, format_size, parse_size
+from congvu.rules.units import VIETNAM_TIME, UnitError, format_size, parse_size
 
 if TYPE_CHECKING:
+    from congvu.directory.audit import AuditLog
     from congvu.directory.hashing import Hasher
 
 # passlib, zxcvbn, Twisted (rules.names) and the stores load inside the commands, so `congvu config check` stays fast.
@@ -57,6 +70,7 @@ def register(sub: Any) -> None:
     add.add_argument("--agency-name", default="", help='agency name for the display name, e.g. "Sở Nội vụ"')
     add.add_argument("--display-name", default="", help='default "Full Name - Agency" (CT25-4.4)')
     add.add_argument("--quota", help="quota override, e.g. 12GB")
+    _why(add)
     _common(add)
     add.set_defaults(func=_guard(_add))
 
@@ -87,15 +101,29 @@ def register(sub: Any) -> None:
                     help="allow this account to send as the shared mailbox (repeatable)")
     st.add_argument("--remove-delegate", action="append", default=[])
     st.add_argument("--state", choices=[s.value for s in AccountState], help="lifecycle state (CT25-6)")
-    st.add_argument("--reason", help="why the state changes (required with --state)")
+    st.add_argument("--reason", help="why (kept in the audit log; required with --state)")
+    st.add_argument("--ref", default="", help="the agency's request letter or ticket, for the audit log")
     st.add_argument("--by", help="who decided (default: the operator's login name)")
     _common(st)
     st.set_defaults(func=_guard(_set))
 
-    pw = asub.add_parser("passwd", help="set a temporary password (printed once); must change at next login")
+    pw = asub.add_parser("passwd", help="set a temporary password (printed once); must change at next login; "
+                                        "lifts a lockout")
     pw.add_argument("address")
+    _why(pw, required=True)
     _common(pw)
     pw.set_defaults(func=_guard(_passwd))
+
+    un = asub.add_parser("unlock", help="lift a lockout after too many wrong passwords (CT25-3.2)")
+    un.add_argument("address")
+    _why(un, required=True)
+    _common(un)
+    un.set_defaults(func=_guard(_unlock))
+
+
+def _why(p: argparse.ArgumentParser, *, required: bool = False) -> None:
+    p.add_argument("--reason", required=required, default="", help="why (kept in the audit log)")
+    p.add_argument("--ref", default="", help="the agency's request letter or ticket, for the audit log")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -103,8 +131,37 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _guard(fn: Callable[[argparse.Namespace, Output, Config, AccountStore], int]
-           ) -> Callable[[argparse.Namespace, Output], int]:
+class Audit:
+    """The audit log of one command run, opened at its first record."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self._log: AuditLog | None = None
+        self.actor = operator()
+
+    def record(self, action: str, subject: str, before: dict[str, Any], after: dict[str, Any], *,
+               reason: str = "", ref: str = "", rule_id: str = "") -> None:
+        from congvu.directory.audit import AuditRecord, open_audit
+
+        if self._log is None:
+            self._log = open_audit(self.cfg)
+        self._log.append(AuditRecord(_now(), self.actor, action, subject, before, after, reason, ref, rule_id))
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+
+
+def _diff(old: Account, changes: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The fields that really change, before and after (what the audit log keeps)."""
+    before = {k: getattr(old, k) for k in changes if getattr(old, k) != changes[k]}
+    return before, {k: changes[k] for k in before}
+
+
+Command = Callable[[argparse.Namespace, Output, Config, AccountStore, Audit], int]
+
+
+def _guard(fn: Command) -> Callable[[argparse.Namespace, Output], int]:
     """Open the store, run the command, close the store; a refusal or a clash is exit 1 with one line.
 
     Outages and AccountNotFound (exit 4) reach congvu.cli.main, which prints the one line.
@@ -115,8 +172,9 @@ def _guard(fn: Callable[[argparse.Namespace, Output, Config, AccountStore], int]
 
         cfg = config_for(args)
         store = open_store(cfg)  # DirectoryError, AccountNotFound: one line from congvu.cli.main
+        audit = Audit(cfg)
         try:
-            return fn(args, out, cfg, store)
+            return fn(args, out, cfg, store, audit)
         except Refused as e:
             out.error(f"refused: {e}")
             return EXIT_REFUSED
@@ -127,6 +185,7 @@ def _guard(fn: Callable[[argparse.Namespace, Output, Config, AccountStore], int]
             out.error(f"refused: {e} is already an address or alias ({rid}: {citation(rid)})")
             return EXIT_REFUSED
         finally:
+            audit.close()
             store.close()
 
     return run
@@ -219,8 +278,9 @@ def account_fields(cfg: Config, a: Account, hasher: Hasher) -> dict[str, Any]:
 
 
 def _show_account(out: Output, cfg: Config, a: Account, hasher: Hasher, as_json: bool,
-                  temporary: str | None = None) -> None:
+                  temporary: str | None = None, lockout: LockInfo | str | None = None) -> None:
     data = account_fields(cfg, a, hasher)
+    data["lockout"] = lockout if isinstance(lockout, str) or lockout is None else _lock_fields(lockout)
     if as_json:
         if temporary is not None:
             data["temporary_password"] = temporary
@@ -228,7 +288,11 @@ def _show_account(out: Output, cfg: Config, a: Account, hasher: Hasher, as_json:
         return
     rows = []
     for k, v in data.items():
-        if isinstance(v, list):
+        if k == "lockout":
+            v = ("no" if v is None else v if isinstance(v, str)
+                 else f"locked out since {_local(v['since'])} until {_local(v['until'])}: {v['reason']} (CT25-3.2; "
+                      f"`congvu account unlock` lifts it)")
+        elif isinstance(v, list):
             v = ", ".join(v)
         elif isinstance(v, bool):
             v = "yes" if v else "no"
@@ -241,6 +305,59 @@ def _show_account(out: Output, cfg: Config, a: Account, hasher: Hasher, as_json:
     if temporary is not None:
         out.line("")
         out.line(f"temporary password (shown once, must be changed at first login, CT25-5.2): {temporary}")
+
+
+def _public(a: Account) -> dict[str, Any]:
+    """The account's fields for the audit log (no hash: AuditLog drops those too)."""
+    return {f: getattr(a, f) for f in ("full_name", "display_name", "agency", "unit", "title", "mailbox_type",
+                                       "state", "quota_override", "aliases", "delegates")}
+
+
+def _failure_key(a: Account) -> str:
+    """The counter key authd locks an account under (authhooks.service: the canonical address)."""
+    return f"authfail:user:{a.address}"
+
+
+def _lockout(cfg: Config, a: Account) -> LockInfo | str | None:
+    """The account's lockout, or a sentence when the state store cannot say."""
+    from congvu.directory.counters import open_counters
+
+    try:
+        counters = open_counters(cfg)
+    except StateUnavailable as e:
+        return f"unknown: state store unavailable ({e})"
+    try:
+        return counters.lock_info(_failure_key(a), _now().timestamp())
+    except StateUnavailable as e:
+        return f"unknown: state store unavailable ({e})"
+    finally:
+        counters.close()
+
+
+def _lift_lockout(cfg: Config, a: Account) -> LockInfo | None:
+    """Lift the account's lockout and forget its failures; the lock that was lifted, if any."""
+    from congvu.directory.counters import open_counters
+
+    counters = open_counters(cfg)  # StateUnavailable: one line from congvu.cli.main
+    try:
+        key, now = _failure_key(a), _now().timestamp()
+        info = counters.lock_info(key, now)
+        counters.unlock(key)
+        counters.clear_failures(key)
+        return info
+    finally:
+        counters.close()
+
+
+def _lock_fields(info: LockInfo) -> dict[str, Any]:
+    return {"since": datetime.fromtimestamp(info.since, UTC).isoformat(),
+            "until": datetime.fromtimestamp(info.until, UTC).isoformat(), "reason": info.reason}
+
+
+def _local(iso: str | float) -> str:
+    """A time as operators read it: Vietnam's time (UTC+7)."""
+    t = datetime.fromisoformat(iso) if isinstance(iso, str) else datetime.fromtimestamp(iso, UTC)
+    return f"{t.astimezone(VIETNAM_TIME):%Y-%m-%d %H:%M} (UTC+7)"
 
 
 #: Events an operator's ``set --state`` may stand for, in the order they are tried.
@@ -274,7 +391,7 @@ def _now() -> datetime:
 # --------------------------------------------------------------------------- commands
 
 
-def _add(args: argparse.Namespace, out: Output, cfg: Config, store: AccountStore) -> int:
+def _add(args: argparse.Namespace, out: Output, cfg: Config, store: AccountStore, audit: Audit) -> int:
     from congvu.directory.accounts import hasher_for, temporary_password
     from congvu.rules.names import display_name
 
@@ -298,6 +415,8 @@ def _add(args: argparse.Namespace, out: Output, cfg: Config, store: AccountStore
     created = store.get(address)
     if created is None:
         raise DirectoryError(f"{address} vanished right after it was added")
+    audit.record("account.add", address, {}, _public(created), reason=args.reason, ref=args.ref,
+                 rule_id=initial_state(cfg.password.must_change_on_create).rule_id)
     _show_account(out, cfg, created, hasher, args.json, temporary=temp)
     return EXIT_OK
 
@@ -311,15 +430,15 @@ def _get(cfg: Config, store: AccountStore, text: str) -> Account:
     return a
 
 
-def _show(args: argparse.Namespace, out: Output, cfg: Config, store: AccountStore) -> int:
+def _show(args: argparse.Namespace, out: Output, cfg: Config, store: AccountStore, audit: Audit) -> int:
     from congvu.directory.accounts import hasher_for
 
     a = _get(cfg, store, args.address)
-    _show_account(out, cfg, a, hasher_for(cfg), args.json)
+    _show_account(out, cfg, a, hasher_for(cfg), args.json, lockout=_lockout(cfg, a))
     return EXIT_OK
 
 
-def _list(args: argparse.Namespace, out: Output, cfg: Config, store: AccountStore) -> int:
+def _list(args: argparse.Namespace, out: Output, cfg: Config, store: AccountStore, audit: Audit) -> int:
     from congvu.directory.accounts import hasher_for
 
     accounts = [a for a in store.list(args.agency)
@@ -334,7 +453,7 @@ def _list(args: argparse.Namespace, out: Output, cfg: Config, store: AccountStor
     return EXIT_OK
 
 
-def _set(args: argparse.Namespace, out: Output, cfg: Config, store: AccountStore) -> int:
+def _set(args: argparse.Namespace, out: Output, cfg: Config, store: AccountStore, audit: Audit) -> int:
     from congvu.directory.accounts import hasher_for
 
     a = _get(cfg, store, args.address)
@@ -379,18 +498,22 @@ def _set(args: argparse.Namespace, out: Output, cfg: Config, store: AccountStore
         if wanted is not a.state:
             transition = _transition(AccountState(a.state), wanted)
             changes.update(state=wanted, state_changed_at=_now())
-    elif args.reason is not None or args.by is not None:
-        raise UsageError("--reason and --by go with --state")
+    elif args.by is not None:
+        raise UsageError("--by goes with --state")
     if not changes:
         raise UsageError("nothing to change; see congvu account set --help")
     updated = store.update(a.address, **changes)
+    before, after = _diff(a, changes)
+    if before:
+        audit.record("account.set", a.address, before, after, reason=args.reason or "", ref=args.ref,
+                     rule_id=transition.rule_id if transition is not None else "")
     _show_account(out, cfg, updated, hasher_for(cfg), args.json)
     if transition is not None and not args.json:
         _say_transition(out, transition)
     return EXIT_OK
 
 
-def _passwd(args: argparse.Namespace, out: Output, cfg: Config, store: AccountStore) -> int:
+def _passwd(args: argparse.Namespace, out: Output, cfg: Config, store: AccountStore, audit: Audit) -> int:
     from congvu.directory.accounts import hasher_for, password_changes, temporary_password
 
     a = _get(cfg, store, args.address)
@@ -405,7 +528,31 @@ def _passwd(args: argparse.Namespace, out: Output, cfg: Config, store: AccountSt
     if transition.new is not a.state:
         changes.update(state=transition.new, state_changed_at=now)
     updated = store.update(a.address, **changes)
+    lifted = _lift_lockout(cfg, updated)
+    before, after = _diff(a, {k: v for k, v in changes.items() if k != "password_history"})
+    if lifted is not None:
+        before["lockout"], after["lockout"] = _lock_fields(lifted), None
+    audit.record("account.passwd", a.address, before, after, reason=args.reason, ref=args.ref,
+                 rule_id=transition.rule_id)
     _show_account(out, cfg, updated, hasher, args.json, temporary=temp)
     if not args.json:
         _say_transition(out, transition)
+        if lifted is not None:
+            out.line("lockout lifted (CT25-3.2): the new password can be used at once")
+    return EXIT_OK
+
+
+def _unlock(args: argparse.Namespace, out: Output, cfg: Config, store: AccountStore, audit: Audit) -> int:
+    a = _get(cfg, store, args.address)
+    lifted = _lift_lockout(cfg, a)
+    if lifted is None:
+        out.line(f"{a.address} is not locked out; nothing to do")
+        return EXIT_OK
+    audit.record("account.unlock", a.address, {"lockout": _lock_fields(lifted)}, {"lockout": None},
+                 reason=args.reason, ref=args.ref, rule_id="CT25-3.2")
+    if args.json:
+        out.json({"address": a.address, "unlocked": True, "was": _lock_fields(lifted)})
+    else:
+        out.line(f"{a.address}: lockout lifted (it ran until {_local(lifted.until)}; {lifted.reason}) "
+                 f"(CT25-3.2: {citation('CT25-3.2')})")
     return EXIT_OK

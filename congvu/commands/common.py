@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import getpass
+import os
 
 from congvu.config import Config, load_config, resolve_path
 from congvu.rules.errors import CongvuError
@@ -19,6 +21,11 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                    help="config file (default: $CONGVU_CONFIG, then /etc/congvu/congvu.toml)")
     p.add_argument("--profile", metavar="P",
                    help="profile to use when no config file is found or it names none")
+
+
+def operator() -> str:
+    """Who runs the command: the login behind sudo if any, else the user (the audit log's "who")."""
+    return os.environ.get("SUDO_USER") or getpass.getuser()
 
 
 def config_for(args: argparse.Namespace) -> Config:

@@ -7,8 +7,10 @@ import os
 import stat
 import subprocess
 import sys
+import time
 import unicodedata
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +104,7 @@ def test_show_and_set_missing_account_exit_4(site: Site) -> None:
     site.run("directory", "init")
     assert site.run("account", "show", "ghost@cantho.gov.vn").code == 4
     assert site.run("account", "set", "ghost@cantho.gov.vn", "--must-change", "no").code == 4
-    assert site.run("account", "passwd", "ghost").code == 4
+    assert site.run("account", "passwd", "ghost", "--reason", "quên mật khẩu").code == 4
 
 
 def test_refusals_cite_the_site_profile(make_site: Callable[..., Site]) -> None:
@@ -193,7 +195,7 @@ def test_state_changes_follow_the_lifecycle(site: Site) -> None:
     add_minh(site)
     r = site.run("account", "set", "nvminh", "--state", "locked", "--reason", "Cảnh báo an ninh")
     assert r.code == 0 and "CT25-6.4a" in r.out
-    r = site.run("account", "passwd", "nvminh")
+    r = site.run("account", "passwd", "nvminh", "--reason", "quên mật khẩu")
     assert r.code == 1 and "restore" in r.err
     r = site.run("account", "set", "nvminh", "--state", "active", "--reason", "Cơ quan đề nghị khôi phục")
     assert r.code == 0 and "CT25-6.6" in r.out
@@ -261,7 +263,7 @@ def test_passwd_sets_a_new_temporary_password_and_keeps_history(site: Site) -> N
     first = add_minh(site)["temporary_password"]
     site.run("account", "set", "nvminh", "--must-change", "no")
     before = stored(site, "nvminh@cantho.gov.vn")
-    r = site.run("account", "passwd", "nvminh@cantho.gov.vn")
+    r = site.run("account", "passwd", "nvminh@cantho.gov.vn", "--reason", "quên mật khẩu")
     assert r.code == 0, r.err
     line = [ln for ln in r.out.splitlines() if "temporary password" in ln]
     assert len(line) == 1
@@ -283,7 +285,7 @@ def test_history_is_trimmed_to_the_configured_length(make_site: Callable[..., Si
     hashes = []
     for _ in range(4):
         hashes.append(stored(site, "nvminh@cantho.gov.vn").password_hash)
-        assert site.run("account", "passwd", "nvminh").code == 0
+        assert site.run("account", "passwd", "nvminh", "--reason", "quên mật khẩu").code == 0
     assert stored(site, "nvminh@cantho.gov.vn").password_history == (hashes[3], hashes[2])
 
 
@@ -320,7 +322,7 @@ def _populate(site: Site) -> None:
                     "--agency", "sonv", "--type", "unit", "--unit", "Văn phòng").code == 0
     assert site.run("account", "set", "vanphong.sonv", "--delegate", "nvminh", "--alias", "vp.sonv",
                     "--quota", "20GB").code == 0
-    assert site.run("account", "passwd", "nvminh").code == 0
+    assert site.run("account", "passwd", "nvminh", "--reason", "quên mật khẩu").code == 0
     assert site.run("account", "set", "nvminh", "--state", "suspended", "--reason", "Không đăng nhập: 3 tháng",
                     "--by", "cron").code == 0
     store = SqliteAccountStore(site.db)
@@ -429,3 +431,80 @@ def test_export_sqlite_then_import_into_ldap(site: Site, make_site: Callable[...
             if store.get(a.address) is not None:
                 store.delete(a.address)
         store.close()
+
+
+# --------------------------------------------------------------------------- lockouts and the audit log
+
+
+def _lock_out(site: Site, address: str, until_in: float = 900.0) -> None:
+    """What authd does after too many wrong passwords: a lock on the account's failure key."""
+    from congvu.config import load_config
+    from congvu.directory.counters import open_counters
+
+    counters = open_counters(load_config(site.config))
+    now = time.time()
+    try:
+        counters.record_failure(f"authfail:user:{address}", "fp", timedelta(minutes=15), now)
+        counters.lock(f"authfail:user:{address}", now + until_in, now, "10 distinct wrong passwords within 15m, "
+                      "the last from 192.0.2.7 (imap)")
+    finally:
+        counters.close()
+
+
+def _audit(site: Site) -> list[Any]:
+    from congvu.directory.audit import AuditLog
+
+    log = AuditLog(site.root / "var" / "audit.sqlite3")
+    try:
+        return list(log.records())
+    finally:
+        log.close()
+
+
+def test_show_says_locked_out_since_until_and_why(site: Site) -> None:
+    """A lockout is part of the account: show names since/until (UTC+7) and the reason; JSON carries it too."""
+    add_minh(site)
+    r = site.run("account", "show", "nvminh")
+    assert r.code == 0 and next(x for x in r.out.splitlines() if x.startswith("lockout")).split() == ["lockout", "no"]
+    _lock_out(site, "nvminh@cantho.gov.vn")
+    r = site.run("account", "show", "nvminh")
+    line = next(x for x in r.out.splitlines() if x.startswith("lockout"))
+    assert "locked out since" in line and "(UTC+7)" in line and "192.0.2.7 (imap)" in line and "unlock" in line
+    data = json.loads(site.run("account", "show", "nvminh", "--json").out)
+    assert data["lockout"]["reason"].startswith("10 distinct wrong passwords")
+
+
+def test_unlock_lifts_the_lockout_and_is_audited(site: Site) -> None:
+    """unlock needs --reason, lifts the lock and the failures, and appends who/what/why to the audit log."""
+    add_minh(site)
+    _lock_out(site, "nvminh@cantho.gov.vn")
+    assert site.run("account", "unlock", "nvminh").code == 2  # --reason is required
+    r = site.run("account", "unlock", "nvminh", "--reason", "người dùng gọi điện xác minh", "--ref", "YC-77")
+    assert r.code == 0 and "lockout lifted" in r.out, r.err
+    assert json.loads(site.run("account", "show", "nvminh", "--json").out)["lockout"] is None
+    rec = [x for x in _audit(site) if x.action == "account.unlock"]
+    assert len(rec) == 1 and rec[0].subject == "nvminh@cantho.gov.vn" and rec[0].ref == "YC-77"
+    assert rec[0].reason == "người dùng gọi điện xác minh" and rec[0].after == {"lockout": None}
+    assert rec[0].before["lockout"]["reason"].startswith("10 distinct") and rec[0].rule_id == "CT25-3.2"
+    r = site.run("account", "unlock", "nvminh", "--reason", "again")
+    assert r.code == 0 and "not locked out" in r.out
+    assert len([x for x in _audit(site) if x.action == "account.unlock"]) == 1  # no change, no record
+
+
+def test_passwd_lifts_the_lockout_and_every_change_is_audited(site: Site) -> None:
+    """add, set and passwd each leave one record (no hash, no password); passwd also lifts a lockout."""
+    data = add_minh(site, "--reason", "CV 12/SNV: cấp hộp thư mới", "--ref", "CV-12")
+    assert site.run("account", "set", "nvminh", "--title", "Phó Giám đốc", "--reason", "bổ nhiệm").code == 0
+    _lock_out(site, "nvminh@cantho.gov.vn")
+    r = site.run("account", "passwd", "nvminh", "--reason", "quên mật khẩu", "--json")
+    assert r.code == 0
+    temp = json.loads(r.out)["temporary_password"]
+    assert json.loads(r.out)["lockout"] is None
+    records = _audit(site)
+    assert [x.action for x in records] == ["account.add", "account.set", "account.passwd"]
+    assert records[0].ref == "CV-12" and records[0].after["full_name"] == "Nguyễn Văn Minh"
+    assert records[1].before == {"title": "Chuyên viên"} and records[1].after == {"title": "Phó Giám đốc"}
+    assert records[2].before["lockout"]["reason"].startswith("10 distinct") and records[2].after["lockout"] is None
+    assert all(x.actor for x in records)
+    raw = b"".join(p.read_bytes() for p in (site.root / "var").glob("audit.sqlite3*"))
+    assert temp.encode() not in raw and data["temporary_password"].encode() not in raw and b"argon2" not in raw
