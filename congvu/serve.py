@@ -11,13 +11,17 @@ listening lines are printed, SIGHUP is handled, and services that want to know
 (``serving()``) are told.  If one fails, what did start is stopped and the command exits 1
 with the reason in one line.  SIGHUP re-reads the config file: a valid one is handed to
 every service's ``reload``; an invalid one is logged and the running config kept.
-SIGTERM and SIGINT stop the services in reverse order and exit 0.
+SIGTERM and SIGINT stop the services in reverse order and exit 0.  Under systemd
+(``Type=notify``, ``conf/systemd/congvu.service``) the runner says READY once every
+service listens, RELOADING/READY around a SIGHUP and STOPPING at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
+import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,6 +84,24 @@ def build_services(cfg: Config, reactor: Any, listen: Listener, names: Sequence[
     return services
 
 
+def sd_notify(state: str) -> bool:
+    """Tell systemd ``state`` (``READY=1``…) when it started us with Type=notify; False when it did not.
+
+    The protocol is one datagram to ``$NOTIFY_SOCKET`` (a path, or ``@name`` in the abstract
+    namespace); failing to send is not worth stopping a mail service for.
+    """
+    where = os.environ.get("NOTIFY_SOCKET", "")
+    if not where:
+        return False
+    address = "\0" + where[1:] if where.startswith("@") else where
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.sendto(state.encode(), address)
+    except OSError:
+        return False
+    return True
+
+
 def reread(path: str | Path | None, profile: str | None, log: Any) -> Config | None:
     """The config file again, for a SIGHUP; None (and one error line) if it is refused: keep the running one."""
     try:
@@ -116,11 +138,13 @@ def run(args: argparse.Namespace, out: Output, build: Build, *, tag: str = "", a
     exit_code = [EXIT_OK]
 
     def reload() -> None:
+        sd_notify("RELOADING=1")
         new = reread(path, profile, log)
         if new is not None:
             for svc in services:
                 if hasattr(svc, "reload"):
                     svc.reload(new)
+        sd_notify("READY=1")
 
     def started(_: Any) -> None:
         for svc in services:
@@ -137,6 +161,8 @@ def run(args: argparse.Namespace, out: Output, build: Build, *, tag: str = "", a
         for svc in services:
             if hasattr(svc, "serving"):
                 svc.serving()
+        if not tag:  # a policyd worker is not the unit's main process
+            sd_notify(f"READY=1\nSTATUS={len(services)} service(s) running, profile {cfg.profile.name}")
 
     def failed(f: Any) -> None:
         err = f.value.subFailure.value if isinstance(f.value, defer.FirstError) else f.value
@@ -148,6 +174,8 @@ def run(args: argparse.Namespace, out: Output, build: Build, *, tag: str = "", a
     def stop() -> defer.Deferred[Any]:
         if not root.running:
             return defer.succeed(None)
+        if not tag:
+            sd_notify("STOPPING=1")
         return defer.maybeDeferred(root.stopService)
 
     def go() -> None:

@@ -35,7 +35,9 @@ def open_store(cfg: StoreConfig) -> AccountStore:
         store: AccountStore = LdapAccountStore(cfg.directory)
         return store
     from congvu.directory.sqlite_store import SqliteAccountStore
-    return SqliteAccountStore(sqlite_path(cfg), timeout=cfg.directory.timeout.total_seconds())
+    return SqliteAccountStore(sqlite_path(cfg), timeout=cfg.directory.timeout.total_seconds(),
+                              recipients=cfg.state_file(cfg.directory.recipient_map, "maps/recipients.sqlite3"),
+                              recipients_group=cfg.directory.recipient_map_group)
 
 
 def hasher_for(cfg: StoreConfig) -> Hasher:

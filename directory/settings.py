@@ -22,6 +22,11 @@ class DirectorySettings:
 
     backend: str = setting("sqlite", choice("sqlite", "ldap"), doc="account store")
     path: str = setting("", text, doc="SQLite file; empty = STATE_DIR/directory.sqlite3", path=True)
+    recipient_map: str = setting("", text, path=True,
+        doc="SQLite backend: the file Postfix reads recipients and aliases from (conf/postfix/congvu-*.cf), derived "
+            "from the directory; empty = STATE_DIR/maps/recipients.sqlite3")
+    recipient_map_group: str = setting("postfix", text,
+        doc="group that may read recipient_map (Postfix's proxymap runs as postfix)")
     audit_path: str = setting("", text, path=True,
         doc="the append-only audit log of operator changes (SQLite, whatever the backend); "
             "empty = STATE_DIR/audit.sqlite3")

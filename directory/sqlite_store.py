@@ -26,6 +26,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from congvu.directory import recipients as mirror
 from congvu.directory.model import (
     DATE_FIELDS,
     UPDATABLE,
@@ -36,6 +37,7 @@ from congvu.directory.model import (
     DirectoryUnavailable,
     normalise,
 )
+from congvu.directory.sqlite_files import connect, migrate, version
 from congvu.rules.addresses import canonical
 from congvu.rules.lifecycle import AccountState
 
@@ -89,6 +91,11 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE accounts ADD COLUMN state_changed_at TEXT;
     """,
+    # 3: the generation of the recipients Postfix may deliver to (directory/recipients.py mirrors them).
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT INTO meta (key, value) VALUES ('recipients', 0);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -126,83 +133,49 @@ def _dt_in(v: str | None) -> datetime | None:
 
 
 class SqliteAccountStore:
-    """Accounts in one SQLite file; one connection per store, guarded by a lock for thread pools."""
+    """Accounts in one SQLite file; one connection per store, guarded by a lock for thread pools.
 
-    def __init__(self, path: str | Path, *, timeout: float = 5.0) -> None:
+    ``recipients``: the file of the Postfix recipient mirror (directory/recipients.py), kept
+    in step with every write; None keeps none (tests, tools working on a copy).
+    """
+
+    def __init__(self, path: str | Path, *, timeout: float = 5.0, recipients: str | Path | None = None,
+                 recipients_group: str = "") -> None:
         self.path = Path(path)
         self.timeout = timeout
+        self.recipients = Path(recipients) if recipients is not None else None
         self._lock = threading.Lock()
+        self._db = connect(self.path, timeout, what="directory")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise DirectoryUnavailable(f"{self.path}: cannot create {self.path.parent}: {e.strerror or e}") from None
-        try:
-            self._db = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None,
-                                       check_same_thread=False)
-        except sqlite3.Error as e:
-            raise DirectoryUnavailable(f"{self.path}: {e}") from None
-        try:
-            self._db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            self._db.execute("PRAGMA foreign_keys = ON")
-            self._migrate()
+            migrate(self._db, self.path, MIGRATIONS, what="directory")
+            if self.recipients is not None:
+                try:
+                    mirror.prepare(self.recipients, recipients_group)
+                except OSError as e:
+                    raise DirectoryUnavailable(f"recipient map {self.recipients}: {e.strerror or e}") from None
+                mirror.attach(self._db, self.recipients)
+                self._check_mirror()
         except BaseException as e:
             self._db.close()
             if isinstance(e, sqlite3.Error):
                 raise DirectoryUnavailable(f"{self.path}: {e}") from None
             raise
 
+    def __repr__(self) -> str:
+        return f"SqliteAccountStore({str(self.path)!r})"
+
     # ------------------------------------------------------------------ schema
-
-    def _current_version(self) -> int:
-        row = self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
-                               ).fetchone()
-        if row is None:
-            return 0
-        return int(self._db.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0)
-
-    def _migrate(self) -> None:
-        db = self._db
-        # The common case (a hook process opening an up-to-date file) takes no write lock.
-        current = self._current_version()
-        if current > SCHEMA_VERSION:
-            raise DirectoryError(f"{self.path}: schema version {current} is newer than this congvu knows "
-                                 f"({SCHEMA_VERSION}); upgrade congvu")
-        if current == SCHEMA_VERSION:
-            return
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = db.execute("SELECT max(version) FROM schema_version").fetchone()
-            current = int(row[0] or 0)
-            if current > SCHEMA_VERSION:
-                raise DirectoryError(
-                    f"{self.path}: schema version {current} is newer than this congvu knows "
-                    f"({SCHEMA_VERSION}); upgrade congvu")
-            for version in range(current + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[version - 1].split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
-                log.info("directory {path}: schema migrated to version {version}",
-                         path=str(self.path), version=version)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def schema_version(self) -> int:
         with self._lock:
-            row = self._db.execute("SELECT max(version) FROM schema_version").fetchone()
-        return int(row[0] or 0)
+            return version(self._db)
 
     def check_schema(self) -> list[str]:
         """Problems with the file (empty when usable); opening it already migrated it."""
         problems = []
-        version = self.schema_version()
-        if version != SCHEMA_VERSION:
-            problems.append(f"schema version {version}, expected {SCHEMA_VERSION}")
+        current = self.schema_version()
+        if current != SCHEMA_VERSION:
+            problems.append(f"schema version {current}, expected {SCHEMA_VERSION}")
         with self._lock:
             mode = self._db.execute("PRAGMA journal_mode").fetchone()[0]
             check = self._db.execute("PRAGMA quick_check").fetchone()[0]
@@ -211,6 +184,33 @@ class SqliteAccountStore:
         if check != "ok":
             problems.append(f"integrity: {check}")
         return problems
+
+    def _check_mirror(self) -> None:
+        """Rebuild the recipient mirror when its generation is not the directory's (or it is new)."""
+        db = self._db
+        if mirror.generation(db, mirror.SCHEMA) == mirror.generation(db):
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if mirror.generation(db, mirror.SCHEMA) != mirror.generation(db):
+                n = mirror.rebuild(db, [self._row_to_account(r) for r in db.execute(_SELECT).fetchall()])
+                log.info("recipient map {path}: rebuilt from the directory ({n} addresses)",
+                         path=str(self.recipients), n=n)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def rebuild_recipients(self) -> int:
+        """Rewrite the recipient mirror from the directory (``congvu directory maps``); the row count."""
+        if self.recipients is None:
+            raise DirectoryError(f"{self.path}: no recipient map configured")
+        return int(self._write(lambda db: mirror.rebuild(
+            db, [self._row_to_account(r) for r in db.execute(_SELECT).fetchall()])))
+
+    def _mirror(self, db: sqlite3.Connection, address: str, account: Account | None) -> None:
+        if self.recipients is not None:
+            mirror.replace_account(db, address, mirror.rows(account) if account is not None else [])
 
     # ------------------------------------------------------------------ reads
 
@@ -343,6 +343,7 @@ class SqliteAccountStore:
                 [address, *self._column_values(account, _COLUMNS)])
             assert cur.lastrowid is not None
             self._write_lists(db, cur.lastrowid, account)
+            self._mirror(db, address, account)
 
         self._write(work)
 
@@ -371,6 +372,8 @@ class SqliteAccountStore:
                 db.execute(f"UPDATE accounts SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?",
                            [*self._column_values(new, cols), account_id])
             self._write_lists(db, account_id, new, tuple(n for n in _LISTS if n in changes))
+            if {"state", "aliases"} & changes.keys():
+                self._mirror(db, new.address, new)
             return new
 
         result: Account = self._write(work)
@@ -386,6 +389,7 @@ class SqliteAccountStore:
             if row is None:
                 raise AccountNotFound(address)
             db.execute("DELETE FROM accounts WHERE id = ?", (row[0],))
+            self._mirror(db, self._row_to_account(row).address, None)
 
         self._write(work)
 
