@@ -43,7 +43,8 @@ def test_the_mirror_follows_adds_aliases_states_and_deletes(store: SqliteAccount
     store.add(person("nvminh", aliases=("hotro@cantho.gov.vn",)))
     store.add(person("ttlan"))
     assert postfix_view(m) == {"nvminh@cantho.gov.vn": "nvminh@cantho.gov.vn",
-                               "hotro@cantho.gov.vn": "nvminh@cantho.gov.vn", "ttlan@cantho.gov.vn": "ttlan@cantho.gov.vn"}
+                               "hotro@cantho.gov.vn": "nvminh@cantho.gov.vn",
+                               "ttlan@cantho.gov.vn": "ttlan@cantho.gov.vn"}
     store.update("nvminh@cantho.gov.vn", aliases=("banbientap@cantho.gov.vn",))
     assert postfix_view(m)["banbientap@cantho.gov.vn"] == "nvminh@cantho.gov.vn" and "hotro@cantho.gov.vn" not in \
         postfix_view(m)
