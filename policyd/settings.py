@@ -75,10 +75,11 @@ def _workers(v: Any) -> int:
 class PolicydSettings:
     """The Postfix policy server (CT25-3, CT25-5.1, TH13-9, CT15-8)."""
 
-    listen: tuple[str, ...] = setting(["tcp:10040:interface=127.0.0.1"], list_of(endpoint), path=True,
-        doc="endpoints Postfix connects to: a unix socket, or TCP on a loopback interface "
-            "(anything else needs allow_remote)")
-    socket_group: str = setting("", text,
+    listen: tuple[str, ...] = setting(["unix:/var/spool/postfix/congvu/policy:mode=660"], list_of(endpoint),
+        path=True, doc="endpoints Postfix connects to: a unix socket inside Postfix's queue directory (smtpd runs "
+                       "chrooted there; main.cf names it unix:congvu/policy), or TCP on a loopback interface "
+                       "(anything else needs allow_remote)")
+    socket_group: str = setting("postfix", text,
         doc="group given the unix sockets of listen (their mode, e.g. mode=660, lets the group in): postfix, "
             "whose smtpd connects; \"\" = the service's own group")
     allow_remote: bool = setting(False, boolean, "CT25-3.2",

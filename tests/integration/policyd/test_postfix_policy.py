@@ -2,7 +2,7 @@
 
 Postfix is the session instance of ``tests/integration/servers/postfix.py``, configured
 with the shipped ``conf/postfix`` snippets; policyd runs as ``congvu policyd`` on the
-snippet's socket (``<queue>/private/congvu-policy``).  Authenticated senders come in on
+snippet's socket (``<queue>/congvu/policy``).  Authenticated senders come in on
 the submission port with XCLIENT LOGIN (SMTP AUTH through Dovecot is the auth issue's);
 "outside" clients are presented with XCLIENT ADDR.
 """
@@ -97,7 +97,7 @@ def test_shipped_snippets_put_policyd_on_every_stage(postfix_server: PostfixServ
     """The instance runs conf/postfix verbatim: policyd at RCPT, DATA and END-OF-MESSAGE, 4xx when it is down."""
     for param in ("smtpd_recipient_restrictions", "smtpd_data_restrictions", "smtpd_end_of_data_restrictions"):
         value = postfix_server.postconf_value(param)
-        assert "check_policy_service { unix:private/congvu-policy" in value, (param, value)
+        assert "check_policy_service { unix:congvu/policy" in value, (param, value)
         assert "default_action = 451 4.3.5" in value, (param, value)
     assert int(postfix_server.postconf_value("message_size_limit")) == 40 * MiB
 

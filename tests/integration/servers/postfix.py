@@ -10,8 +10,8 @@ tests can present another client address or a SASL login) followed by the shippe
 ``conf/postfix/master.cf`` entries, with two documented substitutions only: the service
 name becomes a loopback port, and every service runs without chroot (a chroot would need
 /etc files copied into the queue directory).  Without chroot Postfix still resolves the
-snippet's ``unix:private/congvu-policy`` under ``queue_directory``, so policyd listens on
-``<queue>/private/congvu-policy``: exactly the shipped path, inside this instance.
+snippet's ``unix:congvu/policy`` under ``queue_directory``, so policyd listens on
+``<queue>/congvu/policy``: exactly the shipped path, inside this instance.
 """
 
 from __future__ import annotations
@@ -84,8 +84,8 @@ class PostfixServer:
         self.host = "127.0.0.1"
         self.smtp_port = free_port()
         self.submission_port = free_port()
-        #: Where the shipped ``unix:private/congvu-policy`` resolves for this instance.
-        self.policy_socket = self.queue_dir / "private" / "congvu-policy"
+        #: Where the shipped ``unix:congvu/policy`` resolves for this instance.
+        self.policy_socket = self.queue_dir / "congvu" / "policy"
 
     def __repr__(self) -> str:
         return f"PostfixServer(smtp={self.host}:{self.smtp_port}, submission={self.host}:{self.submission_port})"
