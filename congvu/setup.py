@@ -28,7 +28,6 @@ import difflib
 import grp
 import os
 import pwd
-import re
 import shlex
 import subprocess
 import sys
