@@ -28,6 +28,7 @@ import difflib
 import grp
 import os
 import pwd
+import re
 import shlex
 import subprocess
 import sys
@@ -269,3 +270,242 @@ def user_step(name: str, home: Path, groups: Sequence[str], comment: str) -> Ste
         return "created" if created else "exists"
     return Step(f"system user {name}" + (f" (also in {', '.join(groups)})" if groups else ""),
                 [shlex.join(add), *([shlex.join(mod)] if mod else [])], apply=do)
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class Site:
+    """The operator's answers: the site's domain and profile, and where accounts live."""
+
+    domain: str
+    profile: str
+    backend: str = "sqlite"
+    ldap_url: str = ""
+    base_dn: str = ""
+    bind_dn: str = ""
+    bind_password_file: str = ""
+    postfix_ldap_password_file: str = ""
+
+
+def config_text(layout: Layout, site: Site) -> str:
+    """/etc/congvu/congvu.toml: the installed layout written out, every path absolute."""
+    lines = [
+        f"{MARK} ({layout.config}).",
+        "# Every other setting, with its requirement id and article: `congvu config example`",
+        "# (or conf/congvu.toml).  `systemctl reload congvu` applies a change; `congvu config check` first.",
+        f'profile = "{site.profile}"',
+        f'domain = "{site.domain}"',
+        f'state_dir = "{layout.state}"',
+        "",
+        "[directory]",
+        f'backend = "{site.backend}"',
+        f'recipient_map = "{layout.maps / "recipients.sqlite3"}"',
+    ]
+    if site.backend == "ldap":
+        lines += [f'url = "{site.ldap_url}"', f'base_dn = "{site.base_dn}"', f'bind_dn = "{site.bind_dn}"',
+                  f'bind_password_file = "{site.bind_password_file}"']
+    lines += [
+        "",
+        "[policyd]",
+        f'listen = ["unix:{layout.sockets / "policy"}:mode=660"]',
+        'socket_group = "postfix"',
+        "",
+        "[authhooks]",
+        f'socket = "{layout.run / "authd.sock"}"',
+        'socket_group = "dovecot"',
+        f'uid = "{layout.mail_user}"',
+        f'gid = "{layout.mail_user}"',
+        f'home = "{layout.vmail}/{{domain}}/{{local_part}}"',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def substitutions(layout: Layout, site: Site) -> list[tuple[str, str]]:
+    """The shipped snippets' paths and names → this installation's (longest first)."""
+    return [
+        ("/usr/local/libexec/congvu/checkpassword", str(layout.launcher)),
+        ("/run/congvu/authd.sock", str(layout.run / "authd.sock")),
+        ("/var/spool/postfix/private/dovecot-lmtp", str(layout.queue / "private" / "dovecot-lmtp")),
+        ("/var/lib/congvu/maps/recipients.sqlite3", str(layout.maps / "recipients.sqlite3")),
+        ("/etc/postfix/congvu/", f"{layout.postfix / 'congvu'}/"),
+        ("/opt/congvu/bin/congvu", str(layout.congvu)),
+        ("/etc/congvu/congvu.toml", str(layout.config)),
+        ("/var/spool/postfix/congvu", str(layout.sockets)),
+    ]
+
+
+def render(text: str, subs: Sequence[tuple[str, str]]) -> str:
+    for old, new in subs:
+        text = text.replace(old, new)
+    return text
+
+
+def ours(text: str, where: Path) -> str:
+    """A shipped file as congvu setup writes it: marked, so a rerun may replace it."""
+    return f"{MARK} from congvu's conf/ ({where.name}); rerunning setup replaces it.\n{text}"
+
+
+def _postconf(layout: Layout, settings: Sequence[tuple[str, str]]) -> Step:
+    argv = ["postconf", "-c", str(layout.postfix), "-e", *(f"{k}={v}" for k, v in settings)]
+    return Step(f"Postfix main.cf ({layout.postfix / 'main.cf'}): {len(settings)} settings",
+                [f"postconf -c {layout.postfix} -e '{k} = {v}'" for k, v in settings],
+                apply=run(argv).apply)
+
+
+def _master(layout: Layout) -> list[Step]:
+    steps = []
+    for fields, options in master_entries(shipped("postfix/master.cf")):
+        name = layout.submission if fields[0] == "submission" else fields[0]
+        kind = fields[1]
+        line = " ".join([name, *fields[1:]])
+        argv = ["postconf", "-c", str(layout.postfix), "-M", f"{name}/{kind}={line}"]
+        argv_p = [["postconf", "-c", str(layout.postfix), "-P", f"{name}/{kind}/{k}={v}"] for k, v in options]
+        detail = [shlex.join(argv), *(shlex.join(a) for a in argv_p)]
+
+        def do(argv: list[str] = argv, argv_p: list[list[str]] = argv_p) -> str:
+            for a in (argv, *argv_p):
+                done = subprocess.run(a, capture_output=True, text=True, check=False)
+                if done.returncode != 0:
+                    raise SetupError(f"`{shlex.join(a)}` failed: {done.stderr.strip()}")
+            return "set"
+        steps.append(Step(f"Postfix master.cf: {name}/{kind} with {len(options)} -o options", detail, apply=do))
+    return steps
+
+
+def _auth_include(layout: Layout, snippet: Path) -> Step:
+    """10-auth.conf: congvu's passdb in place of the system users' (``!include auth-system.conf.ext``)."""
+    path = layout.dovecot / "conf.d" / "10-auth.conf"
+    ours_line = f"!include {snippet}"
+
+    def do() -> str:
+        text = path.read_text(encoding="utf-8")
+        if ours_line in text.splitlines():
+            return "unchanged"
+        new, n = re.subn(r"^!include auth-system\.conf\.ext\s*$",
+                         "#!include auth-system.conf.ext  # off: official mail has no system-user logins (congvu)\n"
+                         + ours_line, text, flags=re.M)
+        if n == 0:
+            new = text.rstrip("\n") + "\n" + ours_line + "\n"
+        path.write_text(new, encoding="utf-8")
+        return "edited"
+    return Step(f"Dovecot {path}: congvu's passdb instead of auth-system.conf.ext",
+                ["#!include auth-system.conf.ext", ours_line], apply=do)
+
+
+def _launcher(layout: Layout) -> Step:
+    def do() -> str:
+        from congvu.authhooks import launcher
+        try:
+            launcher.write(layout.launcher, str(layout.python))
+        except launcher.LauncherError as e:
+            raise SetupError(str(e)) from None
+        for user in ("dovecot", layout.user):
+            runs_as(user, [str(layout.launcher)], expect_exit=111, expect_err="no reply program given",
+                    what=f"the checkpassword launcher {layout.launcher}")
+        return "written; runs as dovecot"
+    return Step(f"checkpassword launcher {layout.launcher} (Dovecot forks it for every login)",
+                [f"{layout.congvu} authd hook-script {layout.launcher}"], apply=do)
+
+
+def runs_as(user: str, argv: Sequence[str], *, expect_exit: int, expect_err: str = "", what: str) -> None:
+    """Run ``argv`` as ``user``; SetupError naming what it could not read when it fails."""
+    done = subprocess.run(["runuser", "-u", user, "--", *argv], capture_output=True, text=True, check=False,
+                          stdin=subprocess.DEVNULL, timeout=60)
+    if done.returncode == expect_exit and expect_err in done.stderr:
+        return
+    first = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+    raise SetupError(f"{what} does not run as user {user}: {first}.  {readable_hint(Path(argv[0]), user)}")
+
+
+def readable_hint(path: Path, user: str) -> str:
+    """Which directory on the way to ``path`` (or its interpreter) ``user`` cannot enter, if one."""
+    try:
+        interp = path.read_text(encoding="utf-8", errors="replace").split("\n", 1)[0]
+    except OSError:
+        interp = ""
+    targets = [path]
+    if interp.startswith("#!"):
+        targets.append(Path(interp[2:].split()[0]).resolve())
+    for target in targets:
+        for parent in [*reversed(target.parents), target]:
+            try:
+                st = parent.stat()
+            except OSError:
+                continue
+            if parent != target and not st.st_mode & 0o001:
+                return (f"{parent} is mode {st.st_mode & 0o777:04o}: {user} cannot reach {target}.  Create the venv "
+                        f"with a system interpreter in a readable place, e.g. /usr/bin/python3 -m venv /opt/congvu")
+    return "Check that the venv and its interpreter are readable by everyone (mode 755)."
+
+
+def plan(layout: Layout, site: Site) -> list[Step]:
+    """Every step of the install, in order (nothing is done until a step is applied)."""
+    subs = substitutions(layout, site)
+    ldap = site.backend == "ldap"
+    maps = "ldap" if ldap else "sqlite"
+    delivery = [(k, v) for k, v in postfix_settings(shipped("postfix/delivery.cf"))]
+    delivery = [(k, site.domain if k == "virtual_mailbox_domains" else
+                 render(v.replace("proxy:sqlite:", f"proxy:{maps}:").replace("/sqlite-", f"/{maps}-"), subs))
+                for k, v in delivery]
+    steps = [
+        user_step(layout.user, layout.state, ["postfix", "dovecot"], "congvu: official e-mail rules"),
+        user_step(layout.mail_user, layout.vmail, [], "congvu: owner of every mailbox"),
+        directory(layout.etc, 0o750, "root", layout.user),
+        directory(layout.state, 0o711, layout.user, layout.user),
+        directory(layout.maps, 0o2750, layout.user, "postfix"),
+        directory(layout.run, 0o755, layout.user, layout.user),
+        directory(layout.sockets, 0o2750, layout.user, "postfix"),
+        directory(layout.vmail, 0o750, layout.mail_user, layout.mail_user),
+        write_file(layout.config, config_text(layout, site), 0o640, "root", layout.user),
+        _launcher(layout),
+        write_file(layout.unit, ours(render(shipped("systemd/congvu.service"), subs), layout.unit)),
+        directory(layout.postfix / "congvu", 0o750, "root", "postfix"),
+    ]
+    for name in (f"{maps}-mailboxes.cf", f"{maps}-aliases.cf"):
+        text = render(shipped(f"postfix/maps/{name}"), subs)
+        if ldap:
+            text = _ldap_map(text, site)
+        steps.append(write_file(layout.postfix / "congvu" / name, ours(text, Path(name)), 0o640, "root", "postfix"))
+    steps += [
+        _postconf(layout, [(k, render(v, subs)) for k, v in postfix_settings(shipped("postfix/main.cf"))]
+                  + delivery),
+        *_master(layout),
+        directory(layout.etc / "dovecot", 0o755, "root", "root"),
+    ]
+    snippets = {}
+    for name in ("congvu-checkpassword.conf.ext", "congvu-delivery.conf.ext", "congvu-quota.conf"):
+        target = layout.etc / "dovecot" / name.replace("congvu-quota.conf", "congvu-quota.conf.ext")
+        snippets[name] = target
+        steps.append(write_file(target, ours(render(shipped(f"dovecot/{name}"), subs), target)))
+    conf_d = layout.dovecot / "conf.d" / "99-congvu.conf"
+    steps += [
+        write_file(conf_d, f"{MARK}: mail location, LMTP for Postfix, quota (CT25-5.1).\n"
+                           f"!include {snippets['congvu-delivery.conf.ext']}\n"
+                           f"!include {snippets['congvu-quota.conf']}\n"),
+        _auth_include(layout, snippets["congvu-checkpassword.conf.ext"]),
+    ]
+    return steps
+
+
+def _ldap_map(text: str, site: Site) -> str:
+    """An LDAP map with the site's server, base and the postfix account's password."""
+    try:
+        password = Path(site.postfix_ldap_password_file).read_text(encoding="utf-8").splitlines()[0]
+    except (OSError, IndexError):
+        raise SetupError(f"--postfix-ldap-password-file {site.postfix_ldap_password_file!r}: cannot read the "
+                         "password of Postfix's lookup account (cn=postfix, conf/ldap/congvu-service.ldif)") from None
+    suffix = site.base_dn.split(",", 1)[1] if "," in site.base_dn else site.base_dn
+    text = text.replace("ldap://127.0.0.1:389", site.ldap_url.split()[0])
+    text = text.replace("ou=people,dc=cantho,dc=gov,dc=vn", site.base_dn)
+    text = text.replace("dc=cantho,dc=gov,dc=vn", suffix)
+    return text.replace("REPLACE-WITH-THE-POSTFIX-ACCOUNT-PASSWORD", password)
+
+
+#: What the operator runs after ``--apply`` (systemd and the mail servers are theirs to restart).
+AFTERWARDS = (
+    "systemctl daemon-reload && systemctl enable --now congvu",
+    "systemctl reload postfix && systemctl restart dovecot",
+    "congvu doctor",
+)
