@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import grp
 import os
+import pwd
+from pathlib import Path
 
 from congvu.config import Config, load_config, resolve_path
 from congvu.rules.errors import CongvuError
@@ -29,6 +32,34 @@ def operator() -> str:
 
 
 def config_for(args: argparse.Namespace) -> Config:
-    """Load the config the command line points at; raises ConfigError."""
-    return load_config(resolve_path(getattr(args, "config", None)),
-                       profile=getattr(args, "profile", None))
+    """Load the config the command line points at (ConfigError), then act as the owner of its state.
+
+    An operator runs ``congvu account …`` as root; the service runs as ``congvu``.  A file
+    root created in the state directory (a database's -wal, the audit log) would lock the
+    service out, so as root a command becomes the owner of ``state_dir`` first, unless it
+    needs root itself (``doctor``, which tries the sockets as postfix and dovecot).
+    """
+    cfg = load_config(resolve_path(getattr(args, "config", None)), profile=getattr(args, "profile", None))
+    if not getattr(args, "keep_root", False):
+        become_state_owner(cfg.state_dir)
+    return cfg
+
+
+def become_state_owner(state_dir: Path) -> None:
+    """As root, switch to the user owning ``state_dir`` (with its groups); otherwise do nothing."""
+    if os.geteuid() != 0:
+        return
+    try:
+        st = state_dir.stat()
+    except OSError:
+        return  # not made yet: setup will make it, and root may create it here
+    if st.st_uid == 0:
+        return
+    try:
+        pw = pwd.getpwuid(st.st_uid)
+    except KeyError:
+        return
+    groups = [g.gr_gid for g in grp.getgrall() if pw.pw_name in g.gr_mem]
+    os.setgroups([pw.pw_gid, *groups])
+    os.setgid(pw.pw_gid)
+    os.setuid(pw.pw_uid)
