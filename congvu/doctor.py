@@ -276,6 +276,12 @@ def check_postfix(d: Doctor) -> Iterator[Finding]:
     domains = d.postconf("virtual_mailbox_domains")
     maps = d.postconf("virtual_mailbox_maps")
     problems = []
+    for kind in {m.split(":")[1] for m in (maps, d.postconf("virtual_alias_maps"))
+                 if m.startswith("proxy:") and m.count(":") >= 2}:
+        done = subprocess.run(["postconf", "-c", str(d.layout.postfix), "-m"], capture_output=True, text=True,
+                              check=False)
+        if kind not in done.stdout.split():
+            problems.append(f"Postfix cannot read {kind}: maps (apt-get install postfix-{kind})")
     if not transport.startswith("lmtp:"):
         problems.append(f"virtual_transport = {transport or '(unset)'}")
     if d.cfg.domain not in domains.replace(",", " ").split():

@@ -252,6 +252,12 @@ def run(argv: Sequence[str], title: str = "", *, ok: Callable[[subprocess.Comple
     return Step(title or line, [line] if title else [], apply=do)
 
 
+def _must(argv: Sequence[str]) -> None:
+    done = subprocess.run(list(argv), capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SetupError(f"`{shlex.join(argv)}` failed ({done.returncode}): {done.stderr.strip()}")
+
+
 def user_step(name: str, home: Path, groups: Sequence[str], comment: str) -> Step:
     """A system user with its own group (and supplementary ``groups``), created if missing."""
     add = ["useradd", "--system", "--user-group", "--home-dir", str(home), "--no-create-home",
@@ -263,10 +269,10 @@ def user_step(name: str, home: Path, groups: Sequence[str], comment: str) -> Ste
             pwd.getpwnam(name)
             created = False
         except KeyError:
-            subprocess.run(add, check=True, capture_output=True)
+            _must(add)
             created = True
         if mod:
-            subprocess.run(mod, check=True, capture_output=True)
+            _must(mod)
         return "created" if created else "exists"
     return Step(f"system user {name}" + (f" (also in {', '.join(groups)})" if groups else ""),
                 [shlex.join(add), *([shlex.join(mod)] if mod else [])], apply=do)
@@ -450,8 +456,8 @@ def plan(layout: Layout, site: Site) -> list[Step]:
                  render(v.replace("proxy:sqlite:", f"proxy:{maps}:").replace("/sqlite-", f"/{maps}-"), subs))
                 for k, v in delivery]
     steps = [
-        user_step(layout.user, layout.state, ["postfix", "dovecot"], "congvu: official e-mail rules"),
-        user_step(layout.mail_user, layout.vmail, [], "congvu: owner of every mailbox"),
+        user_step(layout.user, layout.state, ["postfix", "dovecot"], "congvu official e-mail rules"),
+        user_step(layout.mail_user, layout.vmail, [], "owner of every congvu mailbox"),
         directory(layout.etc, 0o750, "root", layout.user),
         directory(layout.state, 0o711, layout.user, layout.user),
         directory(layout.maps, 0o2750, layout.user, "postfix"),

@@ -1,0 +1,425 @@
+"""The README's "Install on a mail host", followed to the letter on real Postfix and Dovecot, then the user's path.
+
+Everything lives under one temp root: a venv made with Debian's /usr/bin/python3 from
+requirements.lock and the built wheel, a Postfix config directory as a fresh Debian
+install leaves it and a copy of the packaged /etc/dovecot.  ``congvu setup --apply``
+then does the install, with the documented substitutions of a test only:
+
+* ``--root`` puts /etc/congvu, /var/lib/congvu, /run/congvu, /usr/local/libexec/congvu and
+  /var/vmail under the temp root; ``--postfix-config``/``--dovecot-config`` name the copies;
+* ``--submission 127.0.0.1:PORT`` for master.cf's ``submission`` (no port 587 as a test);
+* Postfix's queue, data and log under the root, loopback only, no chroot (copying /etc
+  files into a chroot is not the point); Dovecot's base/state/log under the root, loopback
+  ports, no TLS (the snakeoil certificate is not the point either);
+* the password page and metrics on free ports instead of 8080 and 10049.
+
+congvu itself runs as systemd would run it: the unit's ExecStart, as the unit's User,
+with NOTIFY_SOCKET to hear READY=1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import imaplib
+import json
+import os
+import poplib
+import re
+import shlex
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.integration.support import free_port, need, new_root, wait_port
+
+REPO = Path(__file__).resolve().parents[3]
+DOMAIN = "cantho.gov.vn"
+NEW_PASSWORD = "Ngân-Hà#2026-Sông.Hậu"
+
+
+@dataclass
+class Host:
+    """The installed host: its root, ports and the running servers."""
+
+    root: Path
+    venv: Path
+    postfix_dir: Path
+    dovecot_conf: Path
+    smtp_port: int
+    submission_port: int
+    imap_port: int
+    pop3_port: int
+    web_port: int
+    congvu: subprocess.Popen[bytes] | None = None
+    notify: socket.socket | None = None
+
+    # ------------------------------------------------------------------ commands
+
+    def cli(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """``congvu …`` of the installed venv, as root (it acts as the state directory's owner)."""
+        done = subprocess.run([str(self.venv / "bin" / "congvu"), *argv], capture_output=True, text=True,
+                              timeout=120, check=False)
+        if check:
+            assert done.returncode == 0, f"congvu {shlex.join(argv)}: {done.returncode}\n{done.stdout}{done.stderr}"
+        return done
+
+    def admin(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.cli(*argv, "--config", str(self.root / "etc/congvu/congvu.toml"), check=check)
+
+    # ------------------------------------------------------------------ congvu, as systemd runs it
+
+    def start_congvu(self) -> None:
+        unit = (self.root / "etc/systemd/system/congvu.service").read_text(encoding="utf-8")
+        exec_start = shlex.split(next(x for x in unit.splitlines() if x.startswith("ExecStart="))[10:])
+        user = next(x for x in unit.splitlines() if x.startswith("User="))[5:]
+        path = self.root / "notify.sock"
+        path.unlink(missing_ok=True)
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(path))
+        os.chmod(path, 0o777)  # the service writes to it as its own user
+        log = (self.root / "congvu.log").open("ab")
+        self.congvu = subprocess.Popen(["runuser", "-u", user, "--", *exec_start], stdin=subprocess.DEVNULL,
+                                       stdout=log, stderr=subprocess.STDOUT,
+                                       env={**os.environ, "NOTIFY_SOCKET": str(path)}, start_new_session=True)
+        self.notify.settimeout(60)
+        while True:
+            try:
+                msg = self.notify.recv(4096).decode()
+            except TimeoutError:
+                pytest.fail(f"congvu never said READY=1\n{self.log_tail('congvu.log')}", pytrace=False)
+            if "READY=1" in msg:
+                return
+
+    def stop_congvu(self) -> None:
+        if self.congvu is not None and self.congvu.poll() is None:
+            os.killpg(self.congvu.pid, signal.SIGTERM)
+            try:
+                self.congvu.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.congvu.pid, signal.SIGKILL)
+                self.congvu.wait()
+        if self.notify is not None:
+            self.notify.close()
+            self.notify = None
+
+    def log_tail(self, name: str, chars: int = 3000) -> str:
+        try:
+            return (self.root / name).read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    # ------------------------------------------------------------------ clients
+
+    def imap_login(self, user: str, password: str) -> tuple[bool, str]:
+        c = imaplib.IMAP4("127.0.0.1", self.imap_port, timeout=30)
+        c._encoding = "utf-8"  # type: ignore[attr-defined]  # Vietnamese passwords
+        try:
+            c.login(user, password)
+            return True, "OK"
+        except imaplib.IMAP4.error as e:
+            return False, str(e)
+        finally:
+            with contextlib.suppress(imaplib.IMAP4.error, OSError):
+                c.logout()
+
+    def inbox(self, user: str, password: str) -> list[bytes]:
+        """The messages of the user's INBOX, over IMAP."""
+        c = imaplib.IMAP4("127.0.0.1", self.imap_port, timeout=30)
+        c._encoding = "utf-8"  # type: ignore[attr-defined]
+        try:
+            c.login(user, password)
+            c.select("INBOX")
+            _, ids = c.search(None, "ALL")
+            out = []
+            for num in ids[0].split():
+                _, data = c.fetch(num, "(RFC822)")
+                out.append(data[0][1])  # type: ignore[index]
+            return out
+        finally:
+            with contextlib.suppress(imaplib.IMAP4.error, OSError):
+                c.logout()
+
+    def pop3_login(self, user: str, password: str) -> tuple[bool, str]:
+        c = poplib.POP3("127.0.0.1", self.pop3_port, timeout=30)
+        try:
+            c.user(user)
+            c.pass_(password)
+            return True, "OK"
+        except poplib.error_proto as e:
+            return False, e.args[0].decode("utf-8", "replace") if e.args else str(e)
+        finally:
+            with contextlib.suppress(poplib.error_proto, OSError):
+                c.quit()
+
+    def smtp(self, port: int | None = None) -> smtplib.SMTP:
+        s = smtplib.SMTP("127.0.0.1", port or self.smtp_port, local_hostname="client.example.org", timeout=60)
+        s.ehlo()
+        return s
+
+    def change_password(self, user: str, current: str, new: str) -> tuple[int, bytes]:
+        data = urllib.parse.urlencode({"user": user, "curpass": current, "newpass": new}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{self.web_port}/api/password", data=data, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def wait_inbox(self, user: str, password: str, needle: bytes, timeout: float = 30.0) -> bytes:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [m for m in self.inbox(user, password) if needle in m]
+            if found:
+                return found[0]
+            if time.monotonic() > deadline:
+                pytest.fail(f"{needle!r} never reached {user}'s INBOX\n{self.log_tail('postfix.log')}"
+                            f"\n{self.log_tail('dovecot.log')}", pytrace=False)
+            time.sleep(0.2)
+
+
+# --------------------------------------------------------------------------- the install
+
+
+def _venv(root: Path) -> Path:
+    """README step: a venv from Debian's python3, the lock's packages, then congvu's wheel."""
+    venv = root / "opt" / "congvu"
+    subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps"]
+    subprocess.run([*pip, "--require-hashes", "-r", str(REPO / "requirements.lock")], check=True)
+    src = root / "src"
+    shutil.copytree(REPO, src, symlinks=True,
+                    ignore=shutil.ignore_patterns(".git", ".venv*", "build", "var", "__pycache__", "*.egg-info"))
+    wheels = root / "wheels"
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "--disable-pip-version-check", "-w", str(wheels), str(src)], check=True, cwd=root)
+    subprocess.run([*pip, *map(str, wheels.glob("congvu-*.whl"))], check=True)
+    shutil.rmtree(src)
+    return venv
+
+
+def _fresh_postfix(root: Path, smtp_port: int) -> Path:
+    """Postfix's config directory as `apt-get install postfix` ("No configuration") leaves it, test-substituted."""
+    etc = root / "etc" / "postfix"
+    etc.mkdir(parents=True)
+    queue, data = root / "var/spool/postfix", root / "var/lib/postfix"
+    for d in (queue, data):
+        d.mkdir(parents=True)
+    import pwd
+    pw = pwd.getpwnam("postfix")
+    os.chown(data, pw.pw_uid, pw.pw_gid)
+    (etc / "main.cf").write_text(f"""\
+# A fresh Debian main.cf ("No configuration"), with the test's substitutions.
+compatibility_level = 3.6
+smtpd_banner = $myhostname ESMTP
+biff = no
+append_dot_mydomain = no
+readme_directory = no
+myhostname = mx.{DOMAIN}
+mydestination = localhost
+relayhost =
+mynetworks = 127.0.0.0/8
+mailbox_size_limit = 0
+recipient_delimiter = +
+alias_maps =
+alias_database =
+# test substitutions:
+config_directory = {etc}
+queue_directory = {queue}
+data_directory = {data}
+maillog_file = {root / 'postfix.log'}
+maillog_file_prefixes = {root}
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+default_transport = error:no outbound mail from the test host
+smtpd_error_sleep_time = 0
+""", encoding="utf-8")
+    lines = []
+    stock = Path("/etc/postfix/master.cf") if Path("/etc/postfix/master.cf").exists() else \
+        Path("/usr/share/postfix/master.cf.dist")
+    for line in stock.read_text(encoding="utf-8").splitlines():
+        fields = line.split()
+        if line and not line[0].isspace() and not line.startswith("#") and len(fields) > 4:
+            if fields[0] == "smtp" and fields[1] == "inet":
+                fields[0] = f"127.0.0.1:{smtp_port}"
+            fields[4] = "n"
+            line = "\t".join(fields)
+        lines.append(line)
+    (etc / "master.cf").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    subprocess.run(["postfix", "-c", str(etc), "check"], check=True, capture_output=True)
+    return etc
+
+
+def _packaged_dovecot(root: Path, imap_port: int, pop3_port: int) -> Path:
+    """A copy of the packaged /etc/dovecot, with the test's substitutions in conf.d/05-test.conf."""
+    etc = root / "etc" / "dovecot"
+    shutil.copytree("/etc/dovecot", etc, symlinks=True)
+    for d in ("run", "state"):
+        (root / "dovecot" / d).mkdir(parents=True)
+    (etc / "conf.d" / "05-test.conf").write_text(f"""\
+# Test substitutions: everything under the temp root, loopback ports, no TLS.
+base_dir = {root / 'dovecot/run'}
+state_dir = {root / 'dovecot/state'}
+instance_name = congvu-install-{imap_port}
+log_path = {root / 'dovecot.log'}
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+service imap-login {{
+  inet_listener imap {{
+    port = {imap_port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    port = {pop3_port}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}
+service submission-login {{
+  inet_listener submission {{
+    port = 0
+  }}
+}}
+""", encoding="utf-8")
+    # 10-ssl.conf names a certificate; with ssl = no Dovecot still reads the paths: point them at a pair.
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    f"/CN=mx.{DOMAIN}", "-keyout", str(etc / "private/test.key"), "-out",
+                    str(etc / "private/test.pem")], check=True, capture_output=True)
+    ssl = etc / "conf.d" / "10-ssl.conf"
+    ssl.write_text(re.sub(r"^ssl_(cert|key) = .*$", "", ssl.read_text(encoding="utf-8"), flags=re.M)
+                   + f"ssl_cert = <{etc / 'private/test.pem'}\nssl_key = <{etc / 'private/test.key'}\n",
+                   encoding="utf-8")
+    return etc / "dovecot.conf"
+
+
+@pytest.fixture(scope="module")
+def host() -> Iterator[Host]:
+    """A mail host installed as the README says, running Postfix, Dovecot and congvu."""
+    for binary, package in (("postfix", "postfix"), ("dovecot", "dovecot-core"), ("doveconf", "dovecot-core"),
+                            ("openssl", "openssl"), ("runuser", "util-linux")):
+        need(binary, package)
+    root = new_root("congvu-install-")
+    h = Host(root, _venv(root), Path(), Path(), free_port(), free_port(), free_port(), free_port(), free_port())
+    h.postfix_dir = _fresh_postfix(root, h.smtp_port)
+    h.dovecot_conf = _packaged_dovecot(root, h.imap_port, h.pop3_port)
+    setup = h.cli("setup", "--domain", DOMAIN, "--root", str(root), "--postfix-config", str(h.postfix_dir),
+                  "--dovecot-config", str(h.dovecot_conf.parent), "--submission", f"127.0.0.1:{h.submission_port}",
+                  "--apply")
+    (root / "setup.out").write_text(setup.stdout, encoding="utf-8")
+    conf = root / "etc/congvu/congvu.toml"
+    text = conf.read_text(encoding="utf-8")  # test substitution: free ports for the page and the metrics
+    text = text.replace('socket_group = "dovecot"\n', f'socket_group = "dovecot"\nweb_listen = '
+                        f'["tcp:{h.web_port}:interface=127.0.0.1"]\n', 1)
+    text = text.replace('socket_group = "postfix"\n', 'socket_group = "postfix"\nstats_listen = []\n', 1)
+    text = text.replace("[directory]\n", '[directory]\nhash_cost = "test"\n', 1)
+    conf.write_text(text, encoding="utf-8")
+    try:
+        h.start_congvu()
+        subprocess.run(["postfix", "-c", str(h.postfix_dir), "start"], check=True, capture_output=True)
+        with (root / "dovecot.start").open("w") as err:  # not a pipe: the daemon keeps its stdio open
+            subprocess.run(["dovecot", "-c", str(h.dovecot_conf)], check=True, stdin=subprocess.DEVNULL,
+                           stdout=err, stderr=err)
+        wait_port("127.0.0.1", h.smtp_port)
+        wait_port("127.0.0.1", h.imap_port)
+        yield h
+    finally:
+        subprocess.run(["postfix", "-c", str(h.postfix_dir), "stop"], capture_output=True, check=False)
+        subprocess.run(["doveadm", "-c", str(h.dovecot_conf), "stop"], capture_output=True, check=False)
+        h.stop_congvu()
+        if os.environ.get("CONGVU_KEEP_INSTALL"):
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- the path
+
+
+def test_setup_made_a_host_that_doctor_passes(host: Host) -> None:
+    """Every step of the plan was applied, and `congvu doctor` finds nothing to fix."""
+    out = (host.root / "setup.out").read_text(encoding="utf-8")
+    assert "failed" not in out and "→ written" in out
+    done = host.admin("doctor", "--root", str(host.root), "--postfix-config", str(host.postfix_dir),
+                      "--dovecot-config", str(host.dovecot_conf.parent), check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 failed" in done.stdout
+
+
+def test_a_new_mailbox_must_change_its_password_then_everything_works(host: Host) -> None:
+    """New mailbox → IMAP NO [EXPIRED]; a change on the page → IMAP, POP3 and submission log in."""
+    added = json.loads(host.admin("account", "add", f"nvminh@{DOMAIN}", "--name", "Nguyễn Văn Minh", "--agency",
+                                  "sonv", "--type", "personal", "--agency-name", "Sở Nội vụ", "--json").stdout)
+    temp = added["temporary_password"]
+    ok, text = host.imap_login(f"nvminh@{DOMAIN}", temp)
+    assert not ok and text.startswith("[EXPIRED]"), text
+    status, body = host.change_password(f"nvminh@{DOMAIN}", temp, NEW_PASSWORD)
+    assert (status, body) == (200, b"OK"), body
+    assert host.imap_login(f"nvminh@{DOMAIN}", NEW_PASSWORD) == (True, "OK")
+    assert host.pop3_login(f"nvminh@{DOMAIN}", NEW_PASSWORD) == (True, "OK")
+    with host.smtp(host.submission_port) as s:
+        s.login(f"nvminh@{DOMAIN}", NEW_PASSWORD)
+
+
+def test_mail_is_delivered_over_lmtp_and_unknown_recipients_are_refused_at_rcpt(host: Host) -> None:
+    """A message for nvminh lands in its INBOX through LMTP; an unknown address gets 550 5.1.1 from the map."""
+    with host.smtp() as s:
+        s.sendmail("outside@example.org", [f"nvminh@{DOMAIN}"],
+                   f"From: outside@example.org\r\nTo: nvminh@{DOMAIN}\r\nSubject: lmtp-1\r\n\r\nxin chao\r\n")
+        s.mail("outside@example.org")
+        code, text = s.rcpt(f"khongco@{DOMAIN}")
+        assert code == 550 and b"5.1.1" in text, text
+    host.wait_inbox(f"nvminh@{DOMAIN}", NEW_PASSWORD, b"Subject: lmtp-1")
+
+
+def test_ten_wrong_passwords_lock_and_unlock_restores(host: Host) -> None:
+    """After 10 wrong passwords even the right one is refused (NO [ALERT] …until…); `account unlock` restores."""
+    for i in range(10):
+        ok, _ = host.imap_login(f"nvminh@{DOMAIN}", f"sai-{i}")
+        assert not ok
+    ok, text = host.imap_login(f"nvminh@{DOMAIN}", NEW_PASSWORD)
+    assert not ok and "khóa tạm thời" in text, text
+    show = json.loads(host.admin("account", "show", "nvminh", "--json").stdout)
+    assert show["lockout"]["reason"].startswith("10 distinct wrong passwords")
+    host.admin("account", "unlock", "nvminh", "--reason", "người dùng xác minh qua điện thoại")
+    assert host.imap_login(f"nvminh@{DOMAIN}", NEW_PASSWORD) == (True, "OK")
+
+
+def test_congvu_stopped_is_temporary_everywhere_and_nothing_is_lost(host: Host) -> None:
+    """congvu down: IMAP [UNAVAILABLE], POP3 -ERR [SYS/TEMP], SASL 454, RCPT 451; queued mail arrives after."""
+    host.stop_congvu()
+    try:
+        ok, text = host.imap_login(f"nvminh@{DOMAIN}", NEW_PASSWORD)
+        assert not ok and "[UNAVAILABLE]" in text, text
+        ok, text = host.pop3_login(f"nvminh@{DOMAIN}", NEW_PASSWORD)
+        assert not ok and "[SYS/TEMP]" in text, text
+        with host.smtp(host.submission_port) as s:
+            with pytest.raises(smtplib.SMTPAuthenticationError) as e:
+                s.login(f"nvminh@{DOMAIN}", NEW_PASSWORD)
+            assert e.value.smtp_code == 454, e.value
+        with host.smtp() as s:
+            s.mail("outside@example.org")
+            code, _ = s.rcpt(f"nvminh@{DOMAIN}")
+            assert code == 451
+        # Mail Postfix already holds (local submission, no smtpd restrictions) waits in the queue.
+        subprocess.run(["sendmail", "-C", str(host.postfix_dir), "-f", f"root@{DOMAIN}", f"nvminh@{DOMAIN}"],
+                       input=f"To: nvminh@{DOMAIN}\nSubject: queued-1\n\nwhile congvu was down\n", text=True,
+                       check=True, timeout=60)
+    finally:
+        host.start_congvu()
+    subprocess.run(["postqueue", "-c", str(host.postfix_dir), "-f"], check=True, capture_output=True)
+    host.wait_inbox(f"nvminh@{DOMAIN}", NEW_PASSWORD, b"Subject: queued-1", timeout=60)
