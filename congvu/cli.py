@@ -12,14 +12,14 @@ import sys
 from collections.abc import Sequence
 
 from congvu import serve
-from congvu.commands import account, address, authd, config, directory, doctor, password, policyd, setup
+from congvu.commands import account, address, authd, config, directory, doctor, milter, password, policyd, setup
 from congvu.commands.common import EXIT_NOT_FOUND, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, UsageError
 from congvu.directory.model import AccountNotFound, DirectoryError, DirectoryUnavailable, StateUnavailable
 from congvu.output import Output
 from congvu.rules.errors import ConfigError
 
 #: Modules exposing ``register(subparsers)``; each adds its subcommands, in ``--help`` order.
-COMMANDS = (config, password, address, account, directory, authd, policyd, serve, setup, doctor)
+COMMANDS = (config, password, address, account, directory, authd, policyd, milter, serve, setup, doctor)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -2,9 +2,10 @@
 
 The composition root is the only place that knows every section: the regulation's own
 (:mod:`congvu.rules.config`), the stores' (:mod:`congvu.directory.settings`), the policy
-server's (:mod:`congvu.policyd.settings`) and the auth service's
+server's (:mod:`congvu.policyd.settings`), the content milter's
+(:mod:`congvu.policyd.milter.settings`) and the auth service's
 (:mod:`congvu.authhooks.settings`).  Each layer reads the whole ``Config`` through its own
-Protocol (``RulesConfig`` ⊂ ``StoreConfig`` ⊂ ``PolicydConfig`` / ``AuthConfig``), so no
+Protocol (``RulesConfig`` ⊂ ``StoreConfig`` ⊂ ``PolicydConfig`` / ``MilterConfig`` / ``AuthConfig``), so no
 layer imports this module.  Reading the file, the environment and ``/etc`` happens here
 and nowhere below.  Every error names the file, the key and the reason: a broken config
 stops start-up with one sentence, never a traceback.
@@ -25,8 +26,10 @@ from typing import Any
 from congvu.authhooks.settings import AuthhooksSettings
 from congvu.directory.settings import DirectorySettings, StateSettings
 from congvu.directory.settings import validate as validate_stores
+from congvu.policyd.milter.settings import MilterSettings, check_milter_listen
 from congvu.policyd.settings import PolicydSettings, check_listen
 from congvu.rules.config import (
+    ContentSettings,
     Language,
     LifecycleSettings,
     MailboxSettings,
@@ -53,9 +56,11 @@ SECTIONS: dict[str, type[Any]] = {
     "password": PasswordSettings,
     "lifecycle": LifecycleSettings,
     "naming": NamingSettings,
+    "content": ContentSettings,
     "directory": DirectorySettings,
     "state": StateSettings,
     "policyd": PolicydSettings,
+    "milter": MilterSettings,
     "authhooks": AuthhooksSettings,
 }
 
@@ -86,9 +91,11 @@ class Config:
     password: PasswordSettings
     lifecycle: LifecycleSettings
     naming: NamingSettings
+    content: ContentSettings
     directory: DirectorySettings
     state: StateSettings
     policyd: PolicydSettings
+    milter: MilterSettings
     authhooks: AuthhooksSettings
     origins: Mapping[str, Origin] = field(compare=False, hash=False, repr=False)
 
@@ -211,5 +218,6 @@ def _build(fname: str, data: dict[str, Any], profile_arg: str | None) -> Config:
                  origins=MappingProxyType(origins), **sections)
     validate_rules(fname, cfg)
     check_listen(cfg)
+    check_milter_listen(cfg)
     validate_stores(fname, cfg)
     return cfg

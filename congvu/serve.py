@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from congvu.endpoints import Listener
 
 #: The services ``congvu serve`` runs, in start order (stopped in reverse).
-SERVICE_NAMES: tuple[str, ...] = ("policyd", "authd", "web")
+SERVICE_NAMES: tuple[str, ...] = ("policyd", "milter", "authd", "web")
 
 #: ``build(cfg, reactor, listen)`` → the services to run (not started yet).
 Build = Callable[[Config, Any, "Listener"], list[Any]]
@@ -58,7 +58,7 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
 
 
 def build_services(cfg: Config, reactor: Any, listen: Listener, names: Sequence[str]) -> list[Any]:
-    """The named services, wired: the policy server, the auth service, the password page.
+    """The named services, wired: the policy server, the content milter, the auth service, the password page.
 
     The page shares the auth service's AuthService and thread pool when both run, so a
     password changed on the page decides the very next login (CT25-5.2).
@@ -70,6 +70,9 @@ def build_services(cfg: Config, reactor: Any, listen: Listener, names: Sequence[
         policy = PolicyService(cfg, reactor, listen=listen)
         policy.worker_argv, policy.worker_env = worker_argv(policy), worker_env()
         services.append(policy)
+    if "milter" in names:
+        from congvu.policyd.milter.server import MilterService
+        services.append(MilterService(cfg, reactor, listen=listen))
     if "authd" in names or "web" in names:
         from congvu.authhooks.authd import Authd, build_service
         from congvu.authhooks.web import PasswordWebService

@@ -328,6 +328,39 @@ class NamingSettings:
 
 
 
+def extensions(v: Any) -> tuple[str, ...]:
+    """File extensions, without the dot, lower case: ``["pdf", ".ODT"]`` → ``("pdf", "odt")``."""
+    out = []
+    for i, x in enumerate(list_of(text)(v)):
+        ext = x.strip().lstrip(".").lower()
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_+-]{0,15}", ext):
+            raise ValueError(f"item {i + 1}: expected a file extension such as \"pdf\", got {x!r}")
+        out.append(ext)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class ContentSettings:
+    """What a message may contain: formats, Unicode text, a subject (TH13-6.1, TH13-6.2, TH13-7).
+
+    The attachment size limit is ``[mailbox] attachment_max`` (TH13-9, CT25-5.1); how the milter
+    acts on each rule (reject, tempfail, tag, off) is ``[milter]``'s.
+    """
+
+    allowed_types: tuple[str, ...] = setting([], extensions,
+        doc="formats attachments may have (extensions; content is checked too); [] = any format")
+    extra_types: tuple[str, ...] = setting([], extensions, "TH13-6.1",
+        doc="formats the administrator allows besides allowed_types (\"other formats allowed\"), e.g. "
+            "docx, xlsx, pptx, zip (a zip's members must be allowed formats)")
+    require_unicode: bool = setting(False, boolean, doc="text parts must be Unicode (UTF-8), not TCVN3/VNI")
+    require_subject: bool = setting(False, boolean, doc="a message must have a subject stating its matter")
+
+    @property
+    def allowed(self) -> frozenset[str]:
+        """Every allowed extension; empty = no allow-list in force."""
+        return frozenset(self.allowed_types) | frozenset(self.extra_types) if self.allowed_types else frozenset()
+
+
 class RulesConfig(Protocol):
     """What the regulation's code reads of the configuration (``congvu.config.Config`` provides it)."""
 
@@ -351,6 +384,8 @@ class RulesConfig(Protocol):
     def lifecycle(self) -> LifecycleSettings: ...
     @property
     def naming(self) -> NamingSettings: ...
+    @property
+    def content(self) -> ContentSettings: ...
     @property
     def origins(self) -> Mapping[str, Origin]: ...
     @property

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS="python3-venv openssl postfix postfix-sqlite postfix-ldap dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd slapd ldap-utils redis-server swaks postfix-doc postfwd chromium"
+PKGS="python3-venv openssl postfix postfix-sqlite postfix-ldap dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd slapd ldap-utils redis-server swaks postfix-doc postfwd rspamd chromium"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

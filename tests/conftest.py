@@ -5,4 +5,5 @@ pytest_plugins: list[str] = [
     "tests.integration.servers.slapd",
     "tests.integration.servers.postfix",
     "tests.integration.servers.dovecot",
+    "tests.integration.servers.rspamd",
 ]

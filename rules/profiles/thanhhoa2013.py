@@ -18,6 +18,11 @@ VALUES = {
         "min_quota_agency": ("500MB", "TH13-9"),
         "attachment_max": ("10MB", "TH13-9"),
     },
+    "content": {
+        "allowed_types": (["txt", "doc", "odt", "ods", "odp", "rtf", "pdf"], "TH13-6.1"),
+        "require_unicode": (True, "TH13-6.2"),
+        "require_subject": (True, "TH13-7"),
+    },
     "naming": {
         "scheme": ("th13", "TH13-3.3"),
         "max_clash": (0, "TH13-3.3"),

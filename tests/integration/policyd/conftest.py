@@ -124,6 +124,11 @@ class PolicydProcess:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
     def start(self, config: Path, listen: list[str] | tuple[str, ...], timeout: float = 20.0) -> None:
         """Start on ``config`` and wait until every endpoint in ``listen`` answers PROBE with an action."""
         self.stop()

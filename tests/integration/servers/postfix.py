@@ -12,6 +12,11 @@ name becomes a loopback port, and every service runs without chroot (a chroot wo
 /etc files copied into the queue directory).  Without chroot Postfix still resolves the
 snippet's ``unix:congvu/policy`` under ``queue_directory``, so policyd listens on
 ``<queue>/congvu/policy``: exactly the shipped path, inside this instance.
+The snippet's content milters (rspamd, then congvu's ``unix:congvu/milter``) are
+optional: ``postfix_server`` (the policyd tests) empties ``smtpd_milters`` and
+``non_smtpd_milters``, and ``milter_postfix`` (a second instance,
+tests/integration/policyd/milter) keeps them, substituting only rspamd's endpoint with the
+test rspamd's loopback port.  Both substitute the shipped line in place, a comment above it.
 """
 
 from __future__ import annotations
@@ -69,12 +74,22 @@ def snippet_master_entries(name_map: dict[str, str]) -> str:
     return "\n".join(out) + "\n"
 
 
+def substitute(text: str, name: str, value: str, why: str) -> str:
+    """``text`` (a main.cf) with the one line ``name = …`` set to ``value``, a comment saying why above it."""
+    rx = re.compile(rf"^{re.escape(name)} = .*$", re.M)
+    if len(rx.findall(text)) != 1:
+        raise RuntimeError(f"conf/postfix/main.cf: expected one line setting {name}")
+    return rx.sub(lambda _: f"# test substitution: {why}\n{name} = {value}", text)
+
+
 class PostfixServer:
     """One Postfix instance in ``root``: build() once, then start()/stop()."""
 
     def __init__(self, root: Path, postfix: str = "/usr/sbin/postfix", postconf: str = "/usr/sbin/postconf",
-                 swaks: str = "/usr/bin/swaks") -> None:
+                 swaks: str = "/usr/bin/swaks", rspamd_milter: str | None = None) -> None:
         self.root = root
+        #: The test rspamd's milter endpoint; None = this instance runs without content milters.
+        self.rspamd_milter = rspamd_milter
         self.postfix, self.postconf, self.swaks_bin = postfix, postconf, swaks
         self.config_dir = root / "etc"
         self.queue_dir = root / "spool"
@@ -86,6 +101,8 @@ class PostfixServer:
         self.submission_port = free_port()
         #: Where the shipped ``unix:congvu/policy`` resolves for this instance.
         self.policy_socket = self.queue_dir / "congvu" / "policy"
+        #: Where the shipped ``unix:congvu/milter`` resolves for this instance.
+        self.milter_socket = self.queue_dir / "congvu" / "milter"
 
     def __repr__(self) -> str:
         return f"PostfixServer(smtp={self.host}:{self.smtp_port}, submission={self.host}:{self.submission_port})"
@@ -142,7 +159,13 @@ in_flow_delay = 0
 
 # ---- conf/postfix/main.cf, verbatim ----
 """
-        return base + (POSTFIX_CONF / "main.cf").read_text(encoding="utf-8")
+        shipped = (POSTFIX_CONF / "main.cf").read_text(encoding="utf-8")
+        if self.rspamd_milter is None:
+            for name in ("smtpd_milters", "non_smtpd_milters"):
+                shipped = substitute(shipped, name, "", "no content milters in this instance")
+        else:
+            shipped = substitute(shipped, "rspamd_milter_service", self.rspamd_milter, "the test rspamd's port")
+        return base + shipped
 
     def _master_cf(self) -> str:
         lines: list[str] = []
@@ -283,18 +306,13 @@ def xclient(s: smtplib.SMTP, *, addr: str | None = None, login: str | None = Non
     s.ehlo(helo)
 
 
-@pytest.fixture(scope="session")
-def postfix_server() -> Iterator[PostfixServer]:
-    """A running Postfix with congvu's shipped main.cf/master.cf snippets; stopped at the end.
-
-    Its temp dir is world-traversable (smtpd runs as ``postfix``, virtual(8) as nobody),
-    so it is not under pytest's 0700 basetemp.
-    """
+def running_postfix(prefix: str, rspamd_milter: str | None = None) -> Iterator[PostfixServer]:
+    """Build and start an instance in a world-traversable temp dir; stop and remove it afterwards."""
     postfix = need("postfix", "postfix")
     postconf = need("postconf", "postfix")
     swaks = need("swaks", "swaks")
-    root = new_root("congvu-postfix-")
-    server = PostfixServer(root, postfix=postfix, postconf=postconf, swaks=swaks)
+    root = new_root(prefix)
+    server = PostfixServer(root, postfix=postfix, postconf=postconf, swaks=swaks, rspamd_milter=rspamd_milter)
     try:
         server.build()
         server.start()
@@ -302,3 +320,13 @@ def postfix_server() -> Iterator[PostfixServer]:
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postfix_server() -> Iterator[PostfixServer]:
+    """A running Postfix with congvu's shipped main.cf/master.cf snippets; stopped at the end.
+
+    Its temp dir is world-traversable (smtpd runs as ``postfix``, virtual(8) as nobody),
+    so it is not under pytest's 0700 basetemp.
+    """
+    yield from running_postfix("congvu-postfix-")
