@@ -116,6 +116,10 @@ class Layout:
         return self.p("/var/vmail")
 
     @property
+    def rspamd(self) -> Path:
+        return self.p("/etc/rspamd")
+
+    @property
     def congvu(self) -> Path:
         """The ``congvu`` console script beside the interpreter."""
         return self.python.parent / "congvu"
@@ -485,6 +489,10 @@ def plan(layout: Layout, site: Site) -> list[Step]:
         target = layout.etc / "dovecot" / name.replace("congvu-quota.conf", "congvu-quota.conf.ext")
         snippets[name] = target
         steps.append(write_file(target, ours(render(shipped(f"dovecot/{name}"), subs), target)))
+    steps.append(_rspamd_present(layout))
+    for name in sorted(p.name for p in resources.files("congvu").joinpath("conf", "rspamd", "local.d").iterdir()):
+        target = layout.rspamd / "local.d" / name
+        steps.append(write_file(target, ours(shipped(f"rspamd/local.d/{name}"), target)))
     conf_d = layout.dovecot / "conf.d" / "99-congvu.conf"
     steps += [
         write_file(conf_d, f"{MARK}: mail location, LMTP for Postfix, quota (CT25-5.1).\n"
@@ -493,6 +501,18 @@ def plan(layout: Layout, site: Site) -> list[Step]:
         _auth_include(layout, snippets["congvu-checkpassword.conf.ext"]),
     ]
     return steps
+
+
+def _rspamd_present(layout: Layout) -> Step:
+    """rspamd is the spam and malware milter Postfix asks first (conf/postfix/main.cf): it must be installed."""
+    def do() -> str:
+        if not (layout.rspamd / "rspamd.conf").exists() and not (layout.rspamd / "local.d").is_dir():
+            raise SetupError(f"{layout.rspamd} missing: apt-get install rspamd (Postfix asks it first for spam "
+                             "and malware, CT25-9.2)")
+        (layout.rspamd / "local.d").mkdir(exist_ok=True)
+        return "present"
+    return Step(f"rspamd ({layout.rspamd}): congvu's local.d, local checks only, no network lookups",
+                apply=do)
 
 
 def _ldap_map(text: str, site: Site) -> str:
@@ -512,6 +532,6 @@ def _ldap_map(text: str, site: Site) -> str:
 #: What the operator runs after ``--apply`` (systemd and the mail servers are theirs to restart).
 AFTERWARDS = (
     "systemctl daemon-reload && systemctl enable --now congvu",
-    "systemctl reload postfix && systemctl restart dovecot",
+    "systemctl reload postfix && systemctl restart dovecot && systemctl restart rspamd",
     "congvu doctor",
 )

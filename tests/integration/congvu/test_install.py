@@ -11,7 +11,9 @@ then does the install, with the documented substitutions of a test only:
 * Postfix's queue, data and log under the root, loopback only, no chroot (copying /etc
   files into a chroot is not the point); Dovecot's base/state/log under the root, loopback
   ports, no TLS (the snakeoil certificate is not the point either);
-* the password page and metrics on free ports instead of 8080 and 10049.
+* the password page and metrics on free ports instead of 8080 and 10049;
+* rspamd started from the local.d setup wrote, on free loopback ports (its fixture), and
+  main.cf's ``rspamd_milter_service`` pointed at that port.
 
 congvu itself runs as systemd would run it: the unit's ExecStart, as the unit's User,
 with NOTIFY_SOCKET to hear READY=1.
@@ -40,6 +42,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.servers.rspamd import RspamdServer
 from tests.integration.support import free_port, need, new_root, wait_port
 
 REPO = Path(__file__).resolve().parents[3]
@@ -60,6 +63,7 @@ class Host:
     imap_port: int
     pop3_port: int
     web_port: int
+    rspamd: RspamdServer | None = None
     congvu: subprocess.Popen[bytes] | None = None
     notify: socket.socket | None = None
 
@@ -296,6 +300,8 @@ service submission-login {{
   }}
 }}
 """, encoding="utf-8")
+    (root / "etc" / "rspamd" / "local.d").mkdir(parents=True)  # as `apt-get install rspamd` leaves it
+    (root / "etc" / "rspamd" / "rspamd.conf").write_text("# the package's, read from /etc/rspamd by the fixture\n")
     # 10-ssl.conf names a certificate; with ssl = no Dovecot still reads the paths: point them at a pair.
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
                     f"/CN=mx.{DOMAIN}", "-keyout", str(etc / "private/test.key"), "-out",
@@ -329,6 +335,12 @@ def host() -> Iterator[Host]:
     text = text.replace("[directory]\n", '[directory]\nhash_cost = "test"\n', 1)
     conf.write_text(text, encoding="utf-8")
     try:
+        h.rspamd = RspamdServer(root / "rspamd", need("rspamd", "rspamd"))
+        (root / "rspamd").mkdir()
+        h.rspamd.build(local_d=root / "etc" / "rspamd" / "local.d")
+        h.rspamd.start()
+        subprocess.run(["postconf", "-c", str(h.postfix_dir), "-e", f"rspamd_milter_service = {h.rspamd.milter}"],
+                       check=True, capture_output=True)
         h.start_congvu()
         subprocess.run(["postfix", "-c", str(h.postfix_dir), "start"], check=True, capture_output=True)
         with (root / "dovecot.start").open("w") as err:  # not a pipe: the daemon keeps its stdio open
@@ -341,6 +353,8 @@ def host() -> Iterator[Host]:
         subprocess.run(["postfix", "-c", str(h.postfix_dir), "stop"], capture_output=True, check=False)
         subprocess.run(["doveadm", "-c", str(h.dovecot_conf), "stop"], capture_output=True, check=False)
         h.stop_congvu()
+        if h.rspamd is not None:
+            h.rspamd.stop()
         if os.environ.get("CONGVU_KEEP_INSTALL"):
             print(f"kept {root}")
         else:

@@ -25,6 +25,8 @@ hash_cost = "test"
 listen = ["unix:var/policy.sock:mode=660"]
 socket_group = ""
 stats_listen = []
+[milter]
+listen = ["unix:var/milter.sock:mode=660"]
 [authhooks]
 socket = "var/authd.sock"
 socket_group = ""
@@ -58,7 +60,7 @@ def test_systemd_hears_ready_reloading_and_stopping(tmp_path: Path) -> None:
                                 stderr=subprocess.DEVNULL, env={**os.environ, "NOTIFY_SOCKET": str(notify)})
         try:
             ready = _receive(sock, "READY=1")
-            assert "STATUS=3 service(s) running" in ready[-1]
+            assert "STATUS=4 service(s) running" in ready[-1]
             assert (tmp_path / "var" / "policy.sock").is_socket() and (tmp_path / "var" / "authd.sock").is_socket()
             proc.send_signal(signal.SIGHUP)
             assert _receive(sock, "READY=1")[0] == "RELOADING=1"

@@ -43,9 +43,10 @@ class RspamdServer:
         """The Postfix milter address (``smtpd_milters`` syntax)."""
         return f"inet:{self.host}:{self.milter_port}"
 
-    def build(self) -> None:
+    def build(self, local_d: Path = SHIPPED) -> None:
+        """The shipped local.d (or, in the install test, the one ``congvu setup`` wrote) and the test's ports."""
         conf = self.root / "conf"
-        shutil.copytree(SHIPPED, conf / "local.d")
+        shutil.copytree(local_d, conf / "local.d")
         override = conf / "override.d"
         override.mkdir()
         for name, port in (("proxy", self.milter_port), ("normal", self.normal_port),
