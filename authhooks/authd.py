@@ -1,7 +1,8 @@
-"""The auth service behind ``congvu-checkpassword`` and the Dovecot auth policy server.
+"""The auth service behind ``congvu-checkpassword``, Postfix's SMTP AUTH and the Dovecot auth policy server.
 
 A Twisted unix-socket server speaking :mod:`congvu.authhooks.wire` (the protocol class
 only buffers; framing is wire's, decisions are :class:`congvu.authhooks.service.AuthService`'s),
+Postfix's SASL sockets on ``[authhooks] sasl_listen`` (:mod:`congvu.authhooks.sasl_server`),
 the auth policy HTTP server on ``[authhooks] policy_listen``, and a periodic flush of login
 stamps to the directory (``last_login_at``, CT25-6.5).  Password hashing and directory
 calls run in a dedicated thread pool of ``[authhooks] threads`` threads, which the
@@ -29,6 +30,7 @@ from twisted.web.server import Site
 
 from congvu.authhooks import wire
 from congvu.authhooks.policy_server import PolicyResource
+from congvu.authhooks.sasl_server import SaslFactory
 from congvu.authhooks.service import AuthService, answer, load_secret
 from congvu.authhooks.settings import AuthConfig
 from congvu.directory.accounts import hasher_for, open_store
@@ -130,7 +132,7 @@ def build_service(cfg: AuthConfig) -> AuthService:
 
 
 class Authd(Service):
-    """The auth service as a Twisted ``Service`` of ``congvu serve``: socket, policy endpoints, pool, flusher.
+    """The auth service as a Twisted ``Service`` of ``congvu serve``: sockets, policy endpoints, pool, flusher.
 
     :attr:`ready` fires once it listens (or fails, having closed what it opened).
     """
@@ -158,7 +160,7 @@ class Authd(Service):
 
     @defer.inlineCallbacks
     def start(self) -> Any:
-        """Listen on the unix socket and the policy endpoints; fires with self (or fails, closed again)."""
+        """Listen on the hook's socket, the SASL sockets and the policy endpoints; fires with self (or fails)."""
         self.pool.start()
         try:
             path = str(socket_path(self.cfg)).replace(":", "\\:")
@@ -167,6 +169,13 @@ class Authd(Service):
                                                  setting="authhooks.socket", group=self.cfg.authhooks.socket_group,
                                                  group_setting="authhooks.socket_group")))
             self.listening.append(f"unix:{socket_path(self.cfg)} (congvu-checkpassword)")
+            sasl = SaslFactory(self.service, self.reactor, self.pool)
+            for endpoint in self.cfg.authhooks.sasl_listen:
+                self.ports.append((yield self.listen(endpoint, sasl, what="SMTP AUTH socket",
+                                                     setting="authhooks.sasl_listen",
+                                                     group=self.cfg.authhooks.sasl_group,
+                                                     group_setting="authhooks.sasl_group")))
+                self.listening.append(f"{endpoint} (Postfix SMTP AUTH)")
             for endpoint in self.cfg.authhooks.policy_listen:
                 site = Site(PolicyResource(self.service, self.reactor, self.pool))  # type: ignore[no-untyped-call]
                 site.noisy = False

@@ -7,7 +7,11 @@ would cost ~0.45 s per login).  It reads ``user NUL password NUL`` from fd 3, as
 last argv element, keeping fd 4 open) with USER, HOME and the userdb fields exported,
 or exits: 1 = wrong password or unknown user, 3 = unknown user in lookup mode
 (``AUTHORIZED=1``), 111 = internal error (socket missing, service down or answering
-garbage).  Every decision is the service's; this file only carries it.
+garbage).  A refusal with a reason (must change, expired, disabled, locked out) also
+execs the reply, exporting ``noauthenticate`` (set here, whatever the service sends, so
+a refusal can never become a login), ``reason`` and ``code``: an exit code cannot carry
+a reason, and the passdb snippet turns that answer into a failure the client reads.
+Every decision is the service's; this file only carries it.
 
 Usage, in Dovecot's ``passdb { args = … }`` (argv is split on single spaces)::
 
@@ -188,13 +192,18 @@ def run(argv: list[str], environ: os._Environ[str]) -> int:
     if reply.status == wire.TEMPFAIL:
         _say(f"temporary failure: {reply.message or 'auth service unavailable'}")
         return EXIT_TEMPFAIL
-    if reply.status in (wire.FAIL, wire.UNKNOWN):
+    if reply.status in (wire.FAIL, wire.UNKNOWN) or (lookup and reply.status == wire.REFUSE):
         return EXIT_NOUSER if lookup else EXIT_FAIL
-    # OK: export the fields and hand over to checkpassword-reply, fd 4 still open.
-    if not any(n == "USER" for n, _ in reply.exports):
+    # OK or REFUSE: export the fields and hand over to checkpassword-reply, fd 4 still open.
+    exports = reply.exports
+    if reply.status == wire.REFUSE:
+        exports = (("noauthenticate", "y"), *((n, v) for n, v in exports if n in ("reason", "code")))
+        for name in ("USER", "HOME"):  # inherited ones would reach the reply as user= and userdb_home=
+            os.environ.pop(name, None)
+    elif not any(n == "USER" for n, _ in exports):
         raise HookError("auth service answered ok without USER")
     extra = []
-    for name, value in reply.exports:
+    for name, value in exports:
         if "\0" in value or "\n" in value or (name == "USER" and "\t" in value):
             raise HookError("auth service exported an unusable value")
         os.environ[name] = value

@@ -18,10 +18,13 @@ thread pool.  What it decides, in order:
    window succeeds and records a reminder.
 5. Record the successful login (time, service, client IP) for the inactivity rules.
 
-:func:`checkpassword_reply` maps a result onto the checkpassword protocol (IMAP and POP3
-get ``nologin`` + ``reason=[EXPIRED] …``; SMTP AUTH gets a plain failure, because
-Postfix ignores ``nologin``); ``authhooks.policy_server`` maps the same service onto
-Dovecot's auth policy protocol.
+A login refused for a reason the user can act on (must change, expired, disabled, locked
+out) is told why, on every service alike (:meth:`AuthService.refusal`: Dovecot's failure
+code and the bilingual, cited text).  :func:`checkpassword_reply` maps a result onto the
+checkpassword protocol (such a refusal becomes ``noauthenticate`` + ``code`` + ``reason``,
+which the passdb snippet turns into IMAP ``NO [EXPIRED] …`` / ``NO [ALERT] …``);
+``authhooks.sasl_server`` answers Postfix's SMTP AUTH with the same decisions, and
+``authhooks.policy_server`` maps the same service onto Dovecot's auth policy protocol.
 """
 
 from __future__ import annotations
@@ -128,6 +131,20 @@ class ChangeResult:
     reasons: tuple[Decision, ...] = ()
     codes: tuple[str, ...] = ()
     score: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """How a login refused for a reason is told: Dovecot's auth failure code and the client's one-line text.
+
+    ``code`` is ``pass_expired`` (IMAP shows ``NO [EXPIRED]``), ``user_disabled`` (Dovecot
+    2.3 shows it as ``NO [ALERT]``, as any failure with a reason) or empty (a lockout).
+    ``reason`` never starts with ``[`` (IMAP would show it verbatim, with no code of its own)
+    and holds no TAB, CR or LF.
+    """
+
+    code: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -537,41 +554,65 @@ class AuthService:
 
     # ------------------------------------------------------------------ presentation
 
+    def refusal(self, result: LoginResult) -> Refusal | None:
+        """Why a login is refused, for the user to read; None when there is nothing to tell.
+
+        A wrong password or an unknown name is a plain failure (telling them apart would
+        reveal which accounts exist); an outage is a temporary failure, never a refusal.
+        A lockout is told whatever password was typed: unknown names are locked too.
+        """
+        st = result.status
+        text = result.decision.text(self.cfg.language)
+        if st in (LoginStatus.MUST_CHANGE, LoginStatus.EXPIRED):
+            return Refusal("pass_expired", self._one_line(f"{self.cfg.change_url} - {text}"))
+        if st is LoginStatus.DISABLED:
+            return Refusal("user_disabled", self._one_line(text))
+        if st is LoginStatus.LOCKED_OUT:
+            return Refusal("", self._one_line(text))
+        return None
+
+    @staticmethod
+    def _one_line(text: str) -> str:
+        """No TAB, CR or LF can reach Dovecot's or Postfix's protocol line."""
+        return " ".join(text.split())
+
     def client_reason(self, result: LoginResult) -> str:
-        """The one-line reason a mail client shows: an RFC 5530 code, the URL, the rule."""
-        lang = self.cfg.language
-        text = result.decision.text(lang)
-        if result.status in (LoginStatus.MUST_CHANGE, LoginStatus.EXPIRED):
-            line = f"[EXPIRED] {self.cfg.change_url} - {text}"
-        else:
-            line = f"[CONTACTADMIN] {text}"
-        return " ".join(line.split())  # no TAB or newline can reach Dovecot
+        """The auth policy server's refusal text: an RFC 5530 code in front, which IMAP shows verbatim."""
+        refusal = self.refusal(result)
+        text = refusal.reason if refusal is not None else self._one_line(result.decision.text(self.cfg.language))
+        code = "[EXPIRED]" if refusal is not None and refusal.code == "pass_expired" else "[CONTACTADMIN]"
+        return f"{code} {text}"
 
     def _log(self, attempt: LoginAttempt, result: LoginResult, via: str = "checkpassword") -> None:
+        """One line per decision, with its rule; an outage says what is down (the client only hears "later")."""
         d = result.decision
-        log.info("login {status} user={user} service={service} rip={rip} via={via} [{rule_id}: {cite}]",
+        why = f" ({d.text_en})" if result.status is LoginStatus.UNAVAILABLE else ""
+        log.info("login {status} user={user} service={service} rip={rip} via={via}{why} [{rule_id}: {cite}]",
                  status=result.status.value, user=result.address or attempt.username[:64],
-                 service=attempt.service or "-", rip=attempt.remote_ip or "-", via=via,
+                 service=attempt.service or "-", rip=attempt.remote_ip or "-", via=via, why=why,
                  rule_id=d.rule_id, cite=d.citation)
 
 
-#: Services where ``nologin`` + ``reason`` reaches the user; elsewhere (smtp, submission) a refusal is exit 1.
-def checkpassword_reply(service: AuthService, result: LoginResult, protocol: str, lookup: bool) -> wire.AuthReply:
-    """A LoginResult in checkpassword's terms (exit code and exported fields), for the hook."""
+def checkpassword_reply(service: AuthService, result: LoginResult, lookup: bool) -> wire.AuthReply:
+    """A LoginResult in checkpassword's terms (exit code and exported fields), for the hook.
+
+    A refusal with a reason is the same on IMAP, POP3 and anything else Dovecot serves:
+    ``nologin`` is not used, because Postfix would ignore it and IMAP would put
+    ``[CONTACTADMIN]`` in front of any code (conf/dovecot/congvu-checkpassword.conf.ext).
+    """
     st = result.status
     if st is LoginStatus.UNAVAILABLE:
         return wire.AuthReply(wire.TEMPFAIL, message=result.decision.text("en"))
     if st is LoginStatus.UNKNOWN_USER:
         return wire.AuthReply(wire.UNKNOWN)
-    if st in (LoginStatus.BAD_PASSWORD, LoginStatus.LOCKED_OUT):
-        return wire.AuthReply(wire.FAIL)
-    exports = _userdb_exports(result.userdb) if result.userdb is not None else (("USER", result.address),)
     if st is LoginStatus.OK or lookup:
+        exports = _userdb_exports(result.userdb) if result.userdb is not None else (("USER", result.address),)
         return wire.AuthReply(wire.OK, exports)
-    # Password right, mailbox not usable: IMAP/POP3 show the reason, SMTP AUTH must simply fail.
-    if protocol.lower() in service.cfg.authhooks.nologin_services:
-        return wire.AuthReply(wire.OK, (*exports, ("nologin", "y"), ("reason", service.client_reason(result))))
-    return wire.AuthReply(wire.FAIL)
+    refusal = service.refusal(result)
+    if refusal is None:
+        return wire.AuthReply(wire.FAIL)
+    fields = (("reason", refusal.reason), *((("code", refusal.code),) if refusal.code else ()))
+    return wire.AuthReply(wire.REFUSE, fields)
 
 
 def _userdb_exports(u: UserdbFields) -> tuple[tuple[str, str], ...]:
@@ -582,7 +623,7 @@ def _userdb_exports(u: UserdbFields) -> tuple[tuple[str, str], ...]:
 def answer(service: AuthService, request: wire.AuthRequest) -> wire.AuthReply:
     """One hook request → its reply (what authd runs in its thread pool)."""
     if request.op == wire.OP_LOOKUP:
-        return checkpassword_reply(service, service.lookup(request.username), request.service, True)
+        return checkpassword_reply(service, service.lookup(request.username), True)
     attempt = LoginAttempt(request.username, request.password, request.service, request.remote_ip,
                            request.local_ip)
-    return checkpassword_reply(service, service.login(attempt), request.service, False)
+    return checkpassword_reply(service, service.login(attempt), False)

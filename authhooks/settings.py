@@ -13,6 +13,15 @@ from congvu.directory.settings import StoreConfig
 from congvu.rules.config import duration, endpoint, list_of, network, setting, text, whole
 
 
+def unix_endpoint(v: Any) -> str:
+    """A ``unix:`` endpoint only: whoever reaches the SASL socket can test passwords, so never over TCP."""
+    s = endpoint(v)
+    if not s.startswith("unix:"):
+        raise ValueError(f"expected a unix socket endpoint such as \"unix:/var/spool/postfix/congvu/auth:mode=660\", "
+                         f"got {s!r} (a TCP listener would let anyone who can connect try passwords)")
+    return s
+
+
 @dataclass(frozen=True)
 class AuthhooksSettings:
     """Dovecot authentication and the self-service password page (CT25-5.2, CT25-3.2)."""
@@ -39,6 +48,13 @@ class AuthhooksSettings:
         doc="reverse proxies whose X-Forwarded-For names the client (rate limits and lockout use it)")
     policy_listen: tuple[str, ...] = setting([], list_of(endpoint), "CT25-3.2", path=True,
         doc="Dovecot auth policy server (auth_policy_server_url) endpoints; empty = off")
+    sasl_listen: tuple[str, ...] = setting(["unix:/var/spool/postfix/congvu/auth:mode=660"], list_of(unix_endpoint),
+        "CT25-5.2", path=True,
+        doc="SMTP AUTH for Postfix (smtpd_sasl_type = dovecot, smtpd_sasl_path = congvu/auth): unix sockets "
+            "inside Postfix's queue directory, where chrooted smtpd reaches them; empty = off")
+    sasl_group: str = setting("postfix", text,
+        doc="group given the sasl_listen sockets (mode 0660): postfix, whose smtpd connects; \"\" = the "
+            "service's own group")
     lockout_failures: int = setting(10, whole(0, 1000), "CT25-3.2",
         doc="distinct wrong passwords for one account within lockout_window that lock it; 0 = no lockout")
     lockout_ip_failures: int = setting(30, whole(0, 100000), "CT25-3.2",
@@ -51,15 +67,12 @@ class AuthhooksSettings:
     gid: str = setting("vmail", text, doc="userdb_gid of every mailbox (name or number)")
     home: str = setting("/var/vmail/{domain}/{local_part}", text,
         doc="home directory template: {domain}, {local_part}, {address}")
-    nologin_services: tuple[str, ...] = setting(["imap", "pop3"], list_of(text), "CT25-5.2",
-        doc="services told [EXPIRED] via nologin; others (smtp, submission) simply fail")
     hook_timeout: timedelta = setting("10s", duration, doc="how long congvu-checkpassword waits for authd")
     threads: int = setting(4, whole(1, 64), doc="authd worker threads (password hashing, directory)")
     secret_file: str = setting("", text, doc="key for wrong-password fingerprints; empty = STATE_DIR/authd.key",
                                path=True)
     reminder_every: timedelta = setting("1d", duration, "CT25-6.4b",
         doc="record the expiry reminder at most this often per account")
-
 
 
 class AuthConfig(StoreConfig, Protocol):

@@ -32,10 +32,12 @@ OPS = (OP_AUTH, OP_LOOKUP)
 
 # Reply statuses.
 OK = "ok"              # exec checkpassword-reply with the exported fields
-FAIL = "fail"          # wrong password, refused, or locked out: exit 1
+REFUSE = "refuse"      # refused with a reason (must change, expired, disabled, locked out): exec the reply
+                       # exporting noauthenticate (set by the hook itself) and the reason and code fields
+FAIL = "fail"          # wrong password: exit 1
 UNKNOWN = "unknown"    # no such user: exit 1 (auth) or 3 (lookup)
 TEMPFAIL = "tempfail"  # internal error, directory down: exit 111
-STATUSES = (OK, FAIL, UNKNOWN, TEMPFAIL)
+STATUSES = (OK, REFUSE, FAIL, UNKNOWN, TEMPFAIL)
 
 
 # Malformed input (a frame, a field, or fd 3) raises congvu.rules.errors.ProtocolError; the

@@ -101,6 +101,8 @@ hash_cost = "test"
 [authhooks]
 socket = "{root}/var/authd.sock"
 socket_group = "dovecot"
+sasl_listen = ["unix:{root}/var/sasl.sock:mode=660"]
+sasl_group = ""
 uid = "{MAIL_UID}"
 gid = "{MAIL_GID}"
 home = "{self.mail}/{{domain}}/{{local_part}}"

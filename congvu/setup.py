@@ -325,6 +325,8 @@ def config_text(layout: Layout, site: Site) -> str:
         "[authhooks]",
         f'socket = "{layout.run / "authd.sock"}"',
         'socket_group = "dovecot"',
+        f'sasl_listen = ["unix:{layout.sockets / "auth"}:mode=660"]',
+        'sasl_group = "postfix"',
         f'uid = "{layout.mail_user}"',
         f'gid = "{layout.mail_user}"',
         f'home = "{layout.vmail}/{{domain}}/{{local_part}}"',

@@ -19,6 +19,8 @@ socket_group = ""
 [authhooks]
 socket = "authd.sock"
 socket_group = ""
+sasl_listen = ["unix:sasl.sock:mode=660"]
+sasl_group = ""
 TOML
 fi
 exec .venv/bin/congvu serve --config "${CONGVU_CONFIG:-var/congvu.toml}" "$@"

@@ -1,7 +1,7 @@
 """``congvu authd``: run the auth service in the foreground, or write the launcher Dovecot execs.
 
-* ``congvu authd [--config FILE]`` runs the auth service (checkpassword socket, auth
-  policy server, password page) until SIGTERM/SIGINT.
+* ``congvu authd [--config FILE]`` runs the auth service (checkpassword socket, Postfix's
+  SMTP AUTH socket, auth policy server, password page) until SIGTERM/SIGINT.
 * ``congvu authd hook-script FILE`` writes the fast checkpassword launcher (see
   :mod:`congvu.authhooks.launcher`) that ``conf/dovecot/congvu-checkpassword.conf.ext`` points at.
 """
@@ -19,8 +19,9 @@ from congvu.rules.errors import ConfigError
 
 DESCRIPTION = """\
 Without an action: run the auth service in the foreground (the unix socket congvu-checkpassword
-asks, the Dovecot auth policy server on [authhooks] policy_listen, and the password page on
-[authhooks] web_listen) until SIGTERM or SIGINT; `congvu serve` runs it too.
+asks, Postfix's SMTP AUTH on [authhooks] sasl_listen, the Dovecot auth policy server on
+[authhooks] policy_listen, and the password page on [authhooks] web_listen) until SIGTERM or
+SIGINT; `congvu serve` runs it too.
 
 hook-script FILE: write the launcher Dovecot's checkpassword passdb should exec.
 Dovecot 2.3 forks it for every login; it starts this interpreter with -S, which skips the

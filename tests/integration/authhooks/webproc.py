@@ -83,6 +83,8 @@ hash_cost = "test"
 web_listen = {json.dumps(web_listen)}
 socket = "{self.root}/var/authd.sock"
 socket_group = "dovecot"
+sasl_listen = ["unix:{self.root}/var/sasl.sock:mode=660"]
+sasl_group = ""
 uid = "65534"
 gid = "65534"
 home = "{self.mail}/{{domain}}/{{local_part}}"

@@ -30,6 +30,8 @@ listen = ["unix:var/milter.sock:mode=660"]
 [authhooks]
 socket = "var/authd.sock"
 socket_group = ""
+sasl_listen = ["unix:var/sasl.sock:mode=660"]
+sasl_group = ""
 web_listen = ["tcp:{web_port}:interface=127.0.0.1"]
 """, encoding="utf-8")
     return conf
@@ -62,6 +64,7 @@ def test_systemd_hears_ready_reloading_and_stopping(tmp_path: Path) -> None:
             ready = _receive(sock, "READY=1")
             assert "STATUS=4 service(s) running" in ready[-1]
             assert (tmp_path / "var" / "policy.sock").is_socket() and (tmp_path / "var" / "authd.sock").is_socket()
+            assert (tmp_path / "var" / "sasl.sock").is_socket()
             proc.send_signal(signal.SIGHUP)
             assert _receive(sock, "READY=1")[0] == "RELOADING=1"
             proc.send_signal(signal.SIGTERM)
@@ -88,3 +91,4 @@ def test_a_service_that_cannot_start_stops_the_others_and_exits_1(tmp_path: Path
     assert "[authhooks] web_listen" in done.stderr and "address already in use" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "var" / "policy.sock").exists() and not (tmp_path / "var" / "authd.sock").exists()
+    assert not (tmp_path / "var" / "sasl.sock").exists()

@@ -3,7 +3,8 @@
 Postfix is the session instance of ``tests/integration/servers/postfix.py``, configured
 with the shipped ``conf/postfix`` snippets; policyd runs as ``congvu policyd`` on the
 snippet's socket (``<queue>/congvu/policy``).  Authenticated senders come in on
-the submission port with XCLIENT LOGIN (SMTP AUTH through Dovecot is the auth issue's);
+the submission port with XCLIENT LOGIN (SMTP AUTH, answered by congvu authd, is tested in
+tests/integration/authhooks/test_postfix_sasl.py);
 "outside" clients are presented with XCLIENT ADDR.
 """
 

@@ -1,9 +1,9 @@
 """A throwaway Dovecot 2.3 for the end-to-end auth tests (issue 5), started as root.
 
 Everything lives in one temp dir: ``base_dir``, ``state_dir``, the log, the mail and
-``dovecot.conf``, which is a small test base (loopback IMAP, POP3 and an auth-client TCP
-listener for Postfix SASL; no TLS; no auth failure delay or penalty so lockout tests
-run at full speed) followed by the auth configuration the test hands in — normally
+``dovecot.conf``, which is a small test base (loopback IMAP and POP3; no TLS; no auth
+failure delay so lockout tests run at full speed; the shipped snippets turn Dovecot's
+auth penalty off themselves) followed by the auth configuration the test hands in — normally
 the shipped ``conf/dovecot/`` snippets, with two documented substitutions only: the
 hook path becomes a launcher generated for this session by the very command the snippet
 tells operators to run (``congvu authd hook-script FILE``, see :func:`generate_launcher`),
@@ -114,7 +114,6 @@ class DovecotServer:
         self.host = "127.0.0.1"
         self.imap_port = free_port()
         self.pop3_port = free_port()
-        self.auth_port = free_port()  # auth-client protocol over TCP, for Postfix SASL
         self.auth_user = "$default_internal_user"  # dovecot, as in production (see auth_user_for_hook)
 
     def __repr__(self) -> str:
@@ -148,11 +147,6 @@ first_valid_uid = {MAIL_UID}
 last_valid_uid = {MAIL_UID}
 auth_failure_delay = 0
 login_trusted_networks =
-service anvil {{
-  unix_listener anvil-auth-penalty {{
-    mode = 0
-  }}
-}}
 service imap-login {{
   inet_listener imap {{
     port = {self.imap_port}
@@ -171,10 +165,6 @@ service pop3-login {{
 }}
 service auth {{
   user = {self.auth_user}
-  inet_listener congvu-sasl {{
-    address = {self.host}
-    port = {self.auth_port}
-  }}
 }}
 """
 
@@ -188,7 +178,6 @@ service auth {{
                 raise RuntimeError(f"dovecot did not start: {err.read().strip()}\n{self.log_tail()}")
         wait_port(self.host, self.imap_port)
         wait_port(self.host, self.pop3_port)
-        wait_port(self.host, self.auth_port)
 
     def stop(self) -> None:
         pid_file = self.base_dir / "master.pid"
@@ -221,7 +210,10 @@ service auth {{
 
     def imap_login(self, user: str, password: str, source: str = "127.0.0.1", *,
                    plain: bool = False) -> tuple[bool, str]:
-        """(logged in, server text): the tagged answer of LOGIN (or AUTHENTICATE PLAIN if ``plain``)."""
+        """(logged in, server text): the tagged answer of LOGIN (or AUTHENTICATE PLAIN if ``plain``), decoded.
+
+        The text is what follows ``NO``, e.g. ``[EXPIRED] https://… - Mật khẩu …``.
+        """
         c = self.imap(source)
         try:
             if plain:
@@ -231,7 +223,8 @@ service auth {{
                 c.login(user, password)
             return True, "OK"
         except imaplib.IMAP4.error as e:
-            return False, str(e)
+            text = e.args[0] if e.args else ""
+            return False, text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
         finally:
             with contextlib.suppress(imaplib.IMAP4.error, OSError):
                 c.logout()

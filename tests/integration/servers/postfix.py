@@ -11,7 +11,12 @@ tests can present another client address or a SASL login) followed by the shippe
 name becomes a loopback port, and every service runs without chroot (a chroot would need
 /etc files copied into the queue directory).  Without chroot Postfix still resolves the
 snippet's ``unix:congvu/policy`` under ``queue_directory``, so policyd listens on
-``<queue>/congvu/policy``: exactly the shipped path, inside this instance.
+``<queue>/congvu/policy``: exactly the shipped path, inside this instance; likewise the
+submission entry's ``smtpd_sasl_path = congvu/auth`` is ``<queue>/congvu/auth``, where the
+SMTP AUTH tests run congvu authd's ``sasl_listen``.  An instance built with
+``smtp_auth=False`` (the policy and milter suites, which run no auth service: XCLIENT LOGIN
+stands in for SMTP AUTH there) also sets ``smtpd_sasl_auth_enable=no`` on submission,
+because smtpd ends every session when it finds no SASL server.
 The snippet's content milters (rspamd, then congvu's ``unix:congvu/milter``) are
 optional: ``postfix_server`` (the policyd tests) empties ``smtpd_milters`` and
 ``non_smtpd_milters``, and ``milter_postfix`` (a second instance,
@@ -61,8 +66,12 @@ def _service_entries(text: str) -> list[list[str]]:
     return entries
 
 
-def snippet_master_entries(name_map: dict[str, str]) -> str:
-    """The shipped master.cf entries, service names mapped to loopback ports and chroot set to n."""
+def snippet_master_entries(name_map: dict[str, str], options: dict[str, str] | None = None) -> str:
+    """The shipped master.cf entries, service names mapped to loopback ports and chroot set to n.
+
+    ``options`` replaces the value of those ``-o name=value`` lines (each must be shipped).
+    """
+    unused = dict(options or {})
     out: list[str] = []
     for entry in _service_entries((POSTFIX_CONF / "master.cf").read_text(encoding="utf-8")):
         fields = entry[0].split()
@@ -70,7 +79,11 @@ def snippet_master_entries(name_map: dict[str, str]) -> str:
             raise RuntimeError(f"conf/postfix/master.cf: no test port for service {fields[0]!r}")
         fields[0], fields[4] = name_map[fields[0]], "n"
         out.append("\t".join(fields))
-        out.extend(entry[1:])
+        for line in entry[1:]:
+            name = line.strip().removeprefix("-o ").partition("=")[0]
+            out.append(f"  -o {name}={unused.pop(name)}" if name in unused else line)
+    if unused:
+        raise RuntimeError(f"conf/postfix/master.cf sets no {', '.join(unused)}")
     return "\n".join(out) + "\n"
 
 
@@ -86,8 +99,10 @@ class PostfixServer:
     """One Postfix instance in ``root``: build() once, then start()/stop()."""
 
     def __init__(self, root: Path, postfix: str = "/usr/sbin/postfix", postconf: str = "/usr/sbin/postconf",
-                 swaks: str = "/usr/bin/swaks", rspamd_milter: str | None = None) -> None:
+                 swaks: str = "/usr/bin/swaks", rspamd_milter: str | None = None, *,
+                 smtp_auth: bool = True) -> None:
         self.root = root
+        self.smtp_auth = smtp_auth
         #: The test rspamd's milter endpoint; None = this instance runs without content milters.
         self.rspamd_milter = rspamd_milter
         self.postfix, self.postconf, self.swaks_bin = postfix, postconf, swaks
@@ -103,6 +118,8 @@ class PostfixServer:
         self.policy_socket = self.queue_dir / "congvu" / "policy"
         #: Where the shipped ``unix:congvu/milter`` resolves for this instance.
         self.milter_socket = self.queue_dir / "congvu" / "milter"
+        #: Where the shipped ``smtpd_sasl_path = congvu/auth`` resolves (``[authhooks] sasl_listen``).
+        self.sasl_socket = self.queue_dir / "congvu" / "auth"
 
     def __repr__(self) -> str:
         return f"PostfixServer(smtp={self.host}:{self.smtp_port}, submission={self.host}:{self.submission_port})"
@@ -179,7 +196,8 @@ in_flow_delay = 0
             lines.extend(entry[1:])
         stock = "\n".join(lines) + "\n"
         return (stock + "\n# ---- conf/postfix/master.cf (service name -> loopback port, chroot n) ----\n"
-                + snippet_master_entries({"submission": f"{self.host}:{self.submission_port}"}))
+                + snippet_master_entries({"submission": f"{self.host}:{self.submission_port}"},
+                                         None if self.smtp_auth else {"smtpd_sasl_auth_enable": "no"}))
 
     def _run(self, argv: list[str]) -> str:
         done = subprocess.run(argv, capture_output=True, text=True, check=False)
@@ -312,7 +330,8 @@ def running_postfix(prefix: str, rspamd_milter: str | None = None) -> Iterator[P
     postconf = need("postconf", "postfix")
     swaks = need("swaks", "swaks")
     root = new_root(prefix)
-    server = PostfixServer(root, postfix=postfix, postconf=postconf, swaks=swaks, rspamd_milter=rspamd_milter)
+    server = PostfixServer(root, postfix=postfix, postconf=postconf, swaks=swaks, rspamd_milter=rspamd_milter,
+                           smtp_auth=False)
     try:
         server.build()
         server.start()
@@ -324,7 +343,7 @@ def running_postfix(prefix: str, rspamd_milter: str | None = None) -> Iterator[P
 
 @pytest.fixture(scope="session")
 def postfix_server() -> Iterator[PostfixServer]:
-    """A running Postfix with congvu's shipped main.cf/master.cf snippets; stopped at the end.
+    """A running Postfix with congvu's shipped main.cf/master.cf snippets, SMTP AUTH off; stopped at the end.
 
     Its temp dir is world-traversable (smtpd runs as ``postfix``, virtual(8) as nobody),
     so it is not under pytest's 0700 basetemp.

@@ -166,6 +166,28 @@ def test_refusals_map_to_exit_codes(hook: Path, sockdir: Path, status: str, code
     assert "Traceback" not in err
 
 
+def test_refusal_execs_the_reply_with_noauthenticate_reason_and_code(hook: Path, sockdir: Path) -> None:
+    """refuse: the reply runs (exit 0) with noauthenticate, reason and code only: no user=, no home, no quota."""
+    reason = "https://mail.cantho.gov.vn/doimatkhau - Mật khẩu được cấp mới phải được đổi (CT25-5.2: Điều 5)"
+    srv = FakeAuthd(sockdir / "s", wire.AuthReply(wire.REFUSE, (
+        ("reason", reason), ("code", "pass_expired"), ("USER", "x@cantho.gov.vn"),
+        ("userdb_quota_rule", "*:bytes=1"))).encode())
+    code, err, reply = run_hook(hook, b"nvminh\0Secret-1\0\0", sockdir / "s", env={"USER": "root", "HOME": "/root"})
+    srv.close()
+    assert code == 0, err
+    fields = reply.rstrip("\0").rstrip("\t").split("\t")
+    assert fields[:3] == ["noauthenticate=y", f"reason={reason}", "code=pass_expired"], fields
+    assert not any(f.startswith(("user=", "userdb_home=", "userdb_quota_rule=")) for f in fields), fields
+
+
+def test_refusal_in_lookup_mode_is_an_unknown_user(hook: Path, sockdir: Path) -> None:
+    """A lookup (AUTHORIZED=1) answered with refuse exits 3 and never runs the reply."""
+    srv = FakeAuthd(sockdir / "s", wire.AuthReply(wire.REFUSE, (("reason", "x"),)).encode())
+    code, _, reply = run_hook(hook, b"nvminh\0\0", sockdir / "s", env={"AUTHORIZED": "1"})
+    srv.close()
+    assert code == 3 and reply == ""
+
+
 @pytest.mark.parametrize("fd3", [
     b"",                                   # empty
     b"nvminh\0Secret",                     # truncated: no NUL after the password

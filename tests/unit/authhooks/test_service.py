@@ -1,55 +1,16 @@
-"""AuthService decisions over real SQLite stores, with an injected clock."""
+"""AuthService decisions over real SQLite stores, with an injected clock (the ``env`` fixture of conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 
 import pytest
 
 from congvu.authhooks import wire
 from congvu.authhooks.policy_server import handle
 from congvu.authhooks.service import AuthService, LoginAttempt, LoginStatus, answer, checkpassword_reply
-from congvu.config import config_from_mapping
-from congvu.directory.counters_sqlite import SqliteCounters
-from congvu.directory.hashing import Hasher
-from congvu.directory.model import Account
-from congvu.directory.sqlite_store import SqliteAccountStore
 from congvu.rules.lifecycle import AccountState
-
-PW = "Đúng-Mật-Khẩu-9x"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[tuple[AuthService, Clock]]:
-    cfg = config_from_mapping({"directory": {"hash_cost": "test"},
-                               "authhooks": {"lockout_failures": 3, "lockout_ip_failures": 5,
-                                             "lockout_duration": "10m", "lockout_window": "15m"}})
-    accounts = SqliteAccountStore(tmp_path / "d.sqlite3")
-    counters = SqliteCounters(tmp_path / "s.sqlite3")
-    clock = Clock()
-    svc = AuthService(cfg, accounts, counters, Hasher("test"), b"k" * 32, clock)
-    yield svc, clock
-    accounts.close()
-    counters.close()
-
-
-def add(svc: AuthService, lp: str, *, age: int = 1, must_change: bool = False, kind: str = "personal",
-        state: AccountState = AccountState.ACTIVE) -> str:
-    now = svc.clock()
-    svc.accounts.add(Account(local_part=lp, domain="cantho.gov.vn", full_name="Lê Văn Thử", mailbox_type=kind,  # type: ignore[arg-type]
-                             password_hash=svc.hasher.hash(PW), must_change=must_change, state=state,
-                             password_changed_at=now - timedelta(days=age), created_at=now - timedelta(days=age)))
-    return f"{lp}@cantho.gov.vn"
+from tests.unit.authhooks.conftest import PW, Clock, add
 
 
 def login(svc: AuthService, user: str, pw: str = PW, service: str = "imap", ip: str = "192.0.2.1") -> LoginStatus:
@@ -149,16 +110,65 @@ def test_lifecycle_states(env: tuple[AuthService, Clock]) -> None:
         assert login(svc, st.value[:6]) is LoginStatus.DISABLED
 
 
-def test_expired_on_imap_is_nologin_with_url_but_plain_failure_on_smtp(env: tuple[AuthService, Clock]) -> None:
-    """IMAP/POP3 get nologin + reason=[EXPIRED] URL; SMTP and submission get fail (Postfix ignores nologin)."""
+@pytest.mark.parametrize("proto", ["imap", "pop3", "smtp", "submission", "lmtp", ""])
+def test_must_change_is_refused_with_the_url_on_every_service(env: tuple[AuthService, Clock], proto: str) -> None:
+    """Every service gets refuse + code=pass_expired + the URL and article; never nologin, never ok (CT25-5.2)."""
     svc, _ = env
     add(svc, "moi", must_change=True)
-    imap = answer(svc, wire.AuthRequest("auth", "moi", PW, "imap"))
-    assert imap.status == wire.OK
-    exports = dict(imap.exports)
-    assert exports["nologin"] == "y" and exports["reason"].startswith("[EXPIRED] " + svc.cfg.change_url)
-    for proto in ("smtp", "submission"):
-        assert answer(svc, wire.AuthRequest("auth", "moi", PW, proto)).status == wire.FAIL
+    reply = answer(svc, wire.AuthRequest("auth", "moi", PW, proto))
+    assert reply.status == wire.REFUSE
+    fields = dict(reply.exports)
+    assert set(fields) == {"reason", "code"} and fields["code"] == "pass_expired"
+    assert fields["reason"].startswith(svc.cfg.change_url + " - Mật khẩu") and "(CT25-5.2: " in fields["reason"]
+    assert "\n" not in fields["reason"] and "\t" not in fields["reason"]
+
+
+def test_expired_and_disabled_accounts_are_refused_with_their_article(env: tuple[AuthService, Clock]) -> None:
+    """An expired password is pass_expired (CT25-6.4b); locked and cancelled are user_disabled with their article."""
+    svc, _ = env
+    add(svc, "cu", age=91)
+    add(svc, "khoa", state=AccountState.LOCKED)
+    add(svc, "huy", state=AccountState.CANCELLED)
+    cases = {"cu": ("pass_expired", "CT25-6.4b"), "khoa": ("user_disabled", "CT25-6.4a"),
+             "huy": ("user_disabled", "CT25-6.3")}
+    for name, (code, rule) in cases.items():
+        reply = answer(svc, wire.AuthRequest("auth", name, PW, "imap"))
+        fields = dict(reply.exports)
+        assert reply.status == wire.REFUSE and fields["code"] == code and f"({rule}: " in fields["reason"], name
+        assert not fields["reason"].startswith("[")
+
+
+def test_lockout_is_refused_with_its_end_whatever_the_password(env: tuple[AuthService, Clock]) -> None:
+    """Once locked out, the right password, a wrong one and an unknown name all read "locked until" (no code)."""
+    svc, _ = env
+    add(svc, "doan")
+    for i in range(3):
+        assert answer(svc, wire.AuthRequest("auth", "doan", f"wrong-{i}", "imap")).status == wire.FAIL
+    for password in (PW, "wrong-9"):
+        reply = answer(svc, wire.AuthRequest("auth", "doan", password, "imap"))
+        assert reply.status == wire.REFUSE and "code" not in dict(reply.exports)
+        assert "locked until 15:10 on 02/03/2026 (Vietnam time)" in dict(reply.exports)["reason"]
+    for i in range(3):
+        answer(svc, wire.AuthRequest("auth", "khongai", f"wrong-{i}", "imap"))
+    assert answer(svc, wire.AuthRequest("auth", "khongai", PW, "imap")).status == wire.REFUSE
+
+
+def test_wrong_password_and_unknown_user_are_plain_failures(env: tuple[AuthService, Clock]) -> None:
+    """A wrong password and an unknown name carry no reason (IMAP: [AUTHENTICATIONFAILED])."""
+    svc, _ = env
+    add(svc, "sai")
+    assert answer(svc, wire.AuthRequest("auth", "sai", "wrong", "imap")) == wire.AuthReply(wire.FAIL)
+    assert answer(svc, wire.AuthRequest("auth", "khongco", PW, "imap")) == wire.AuthReply(wire.UNKNOWN)
+
+
+def test_policy_server_reason_keeps_its_rfc5530_code(env: tuple[AuthService, Clock]) -> None:
+    """The auth policy server's text starts with [EXPIRED] or [CONTACTADMIN], which IMAP shows verbatim."""
+    svc, _ = env
+    add(svc, "moi", must_change=True)
+    add(svc, "khoa", state=AccountState.LOCKED)
+    assert svc.client_reason(svc.login(LoginAttempt("moi", PW, "imap"))).startswith(
+        f"[EXPIRED] {svc.cfg.change_url} - ")
+    assert svc.client_reason(svc.login(LoginAttempt("khoa", PW, "imap"))).startswith("[CONTACTADMIN] ")
 
 
 def test_quota_rule_follows_the_mailbox_type(env: tuple[AuthService, Clock]) -> None:
@@ -185,7 +195,7 @@ def test_unavailable_directory_is_a_tempfail(env: tuple[AuthService, Clock]) -> 
     """A directory outage answers tempfail (exit 111), never ok or fail."""
     svc, _ = env
     svc.accounts.close()
-    reply = checkpassword_reply(svc, svc.login(LoginAttempt("ai", PW, "imap")), "imap", False)
+    reply = checkpassword_reply(svc, svc.login(LoginAttempt("ai", PW, "imap")), False)
     assert reply.status == wire.TEMPFAIL
 
 

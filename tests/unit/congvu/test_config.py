@@ -77,6 +77,8 @@ def test_profile_named_in_file_beats_argument(tmp_path: Path) -> None:
     ({"language": "fr"}, "language", "expected one of"),
     ({"policyd": {"listen": ["10040"]}}, "policyd.listen", "Twisted endpoint"),
     ({"policyd": {"mynetworks": ["300.1.2.3/8"]}}, "policyd.mynetworks", "network"),
+    ({"authhooks": {"sasl_listen": ["tcp:12345:interface=127.0.0.1"]}}, "authhooks.sasl_listen", "unix socket"),
+    ({"authhooks": {"nologin_services": ["imap"]}}, "authhooks.nologin_services", "unknown key"),
     ({"lifecycle": {"holidays": ["30/04/2026"]}}, "lifecycle.holidays", "date"),
     ({"lifecycle": {"holidays": [datetime(2026, 9, 2, 8, 0)]}}, "lifecycle.holidays", "date"),
     ({"directory": {"backend": "ldap"}}, "directory.base_dn", "required"),
@@ -221,3 +223,6 @@ def test_the_built_in_defaults_are_the_installed_layout() -> None:
     cfg = config_from_mapping({})
     assert cfg.state_dir == Path("/var/lib/congvu")
     assert cfg.authhooks.socket == "/run/congvu/authd.sock" and cfg.authhooks.socket_group == "dovecot"
+    # Postfix resolves the shipped smtpd_sasl_path = congvu/auth inside its queue directory.
+    assert cfg.authhooks.sasl_listen == ("unix:/var/spool/postfix/congvu/auth:mode=660",)
+    assert cfg.authhooks.sasl_group == "postfix"
