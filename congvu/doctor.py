@@ -12,6 +12,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import re
 import socket
 import stat
 import subprocess
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from congvu.config import Config
 from congvu.endpoints import unix_path
-from congvu.setup import Layout
+from congvu.setup import Layout, runuser
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ class Doctor:
 
     def postconf(self, name: str, master: bool = False) -> str:
         argv = ["postconf", "-c", str(self.layout.postfix)]
-        argv += ["-P", name] if master else ["-xh", name]
+        argv += ["-P", *([name] if name else [])] if master else ["-xh", name]
         done = subprocess.run(argv, capture_output=True, text=True, check=False)
         return done.stdout.strip() if done.returncode == 0 else ""
 
@@ -133,11 +134,7 @@ def check_config(d: Doctor) -> Iterator[Finding]:
     yield Finding("profile and domain", True, f"profile {cfg.profile.name} ({cfg.profile.title}), domain "
                                               f"{cfg.domain}, {cfg.directory.backend} directory, "
                                               f"{cfg.state.backend} state, config {cfg.path}")
-    if not cfg.state_dir.is_absolute():
-        yield Finding("state_dir", False, f"{cfg.state_dir} is relative: every working directory gets its own "
-                                          "databases", f"state_dir = \"/var/lib/congvu\" in {cfg.path}")
-    else:
-        yield Finding("state_dir", True, str(cfg.state_dir))
+    yield Finding("state_dir", True, str(cfg.state_dir))
 
 
 def check_service_user(d: Doctor) -> Iterator[Finding]:
@@ -173,6 +170,14 @@ def check_unit(d: Doctor) -> Iterator[Finding]:
         yield Finding("systemd unit", False, f"{unit} does not run as User={d.layout.user}", "congvu setup --apply")
     else:
         yield Finding("systemd unit", True, f"{unit}: {exec_line.removeprefix('ExecStart=')}")
+        argv = exec_line.split()
+        served = Path(argv[argv.index("--config") + 1]) if "--config" in argv[:-1] else Path("/etc/congvu/congvu.toml")
+        if d.cfg.path and served.resolve() != Path(d.cfg.path).resolve():
+            yield Finding("config in use", False, f"congvu serve reads {served}, this command read {d.cfg.path}: "
+                                                  "two configs, two sets of databases and rules",
+                          f"keep one: congvu … --config {served} (or edit the unit's ExecStart)")
+        else:
+            yield Finding("config in use", True, f"{served}, the one congvu serve reads")
 
 
 def check_launcher(d: Doctor) -> Iterator[Finding]:
@@ -187,8 +192,7 @@ def check_launcher(d: Doctor) -> Iterator[Finding]:
         yield Finding("checkpassword launcher", False, f"{path} is not a launcher congvu wrote",
                       f"move it away, then congvu authd hook-script {path}")
         return
-    done = subprocess.run(["runuser", "-u", "dovecot", "--", str(path)], capture_output=True, text=True,
-                          check=False, stdin=subprocess.DEVNULL, timeout=60)
+    done = runuser("dovecot", [str(path)])
     if done.returncode == 111 and "no reply program given" in done.stderr:
         yield Finding("checkpassword launcher", True, f"{path} runs as dovecot")
     else:
@@ -247,6 +251,37 @@ def check_policy_socket(d: Doctor) -> Iterator[Finding]:
         if lock.is_symlink() or lock.exists():
             yield Finding("policy socket lock", False, f"{lock} exists: `postfix check` warns it is not owned "
                                                        "by postfix", f"rm {lock} (congvu uses no lock file)")
+
+
+def check_sasl(d: Doctor) -> Iterator[Finding]:
+    """Every master.cf service with SMTP AUTH asks congvu's SASL socket, which answers postfix."""
+    sockets = [Path(p) for p in map(unix_path, d.cfg.authhooks.sasl_listen) if p]
+    if not sockets:
+        return
+    queue = Path(d.postconf("queue_directory") or "/var/spool/postfix")
+    expected = {str(p.relative_to(queue)) if p.is_relative_to(queue) else str(p) for p in sockets}
+    params: dict[str, dict[str, str]] = {}
+    for line in d.postconf("", master=True).splitlines():  # "service/type/param = value"
+        key, _, value = line.partition(" = ")
+        service, _, param = key.rpartition("/")
+        params.setdefault(service, {})[param] = value.strip()
+    for service, opts in sorted(params.items()):
+        if opts.get("smtpd_sasl_auth_enable") != "yes":
+            continue
+        sasl_path = opts.get("smtpd_sasl_path", d.postconf("smtpd_sasl_path"))
+        kind = opts.get("smtpd_sasl_type", d.postconf("smtpd_sasl_type"))
+        if kind != "dovecot" or sasl_path not in expected:
+            yield Finding(f"SMTP AUTH {service}", False,
+                          f"smtpd_sasl_type={kind or '(unset)'}, smtpd_sasl_path={sasl_path or '(unset)'}: not "
+                          "congvu's "
+                          "socket (Dovecot's auth socket makes every failure, outages too, a permanent 535)",
+                          f"postconf -P '{service}/smtpd_sasl_type=dovecot' '{service}/smtpd_sasl_path="
+                          f"{sorted(expected)[0]}'")
+        else:
+            yield Finding(f"SMTP AUTH {service}", True, f"smtpd_sasl_path={sasl_path}")
+    for path in sockets:
+        yield _socket_finding("SASL socket", path, d.cfg.authhooks.sasl_group, "postfix",
+                              _talk(path, b"VERSION\t1\t2\nCPID\t1\n", lambda data: b"\nDONE\n" in data))
 
 
 def check_postfix(d: Doctor) -> Iterator[Finding]:
@@ -310,6 +345,22 @@ def check_dovecot(d: Doctor) -> Iterator[Finding]:
                       "comment out !include auth-system.conf.ext in conf.d/10-auth.conf")
     else:
         yield Finding("dovecot passdb", True, args)
+    passdbs = re.findall(r"^passdb \{\n(.*?)^\}", conf, flags=re.M | re.S)
+    ours = next((i for i, body in enumerate(passdbs) if args in body), None)
+    if ours is not None:
+        body, after = passdbs[ours], passdbs[ours + 1:]
+        terminator = bool(after) and "driver = static" in after[0] and "result_success = return-fail" in after[0]
+        if "result_internalfail = return-fail" not in body or "result_failure = return-fail" not in body:
+            yield Finding("dovecot refusal codes", False, "congvu's passdb lacks result_failure/result_internalfail "
+                                                          "= return-fail: an outage is not NO [UNAVAILABLE]",
+                          "congvu setup --apply (conf/dovecot/congvu-checkpassword.conf.ext)")
+        elif not terminator:
+            yield Finding("dovecot refusal codes", False, "no terminator passdb (driver = static, result_success = "
+                                                          "return-fail) after congvu's: a must-change login is not "
+                                                          "NO [EXPIRED], a refusal loses its reason",
+                          "congvu setup --apply (conf/dovecot/congvu-checkpassword.conf.ext)")
+        else:
+            yield Finding("dovecot refusal codes", True, "NO [EXPIRED] / [ALERT] reasons / [UNAVAILABLE]")
     lmtp = Path(d.postconf("queue_directory") or "/var/spool/postfix") / "private" / "dovecot-lmtp"
     if f"unix_listener {lmtp}" not in conf:
         yield Finding("dovecot lmtp", False, f"no LMTP listener at {lmtp} for Postfix",
@@ -340,6 +391,29 @@ def check_stores(d: Doctor) -> Iterator[Finding]:
         yield Finding("state store", True, f"{d.cfg.state.backend} answers")
     except Exception as e:
         yield Finding("state store", False, f"{d.cfg.state.backend}: {e}", "see [state] in the config")
+    rmap = d.cfg.state_file(d.cfg.directory.recipient_map, "maps/recipients.sqlite3")
+    if d.cfg.directory.backend == "sqlite":
+        readable = as_user("postfix", lambda: 0 if os.access(rmap, os.R_OK) else 2) == 0
+        if readable:
+            yield Finding("recipient map", True, f"{rmap} readable by postfix")
+        else:
+            group = d.cfg.directory.recipient_map_group or "postfix"
+            yield Finding("recipient map", False, f"postfix cannot read {rmap}: every recipient is refused with "
+                                                  "a temporary lookup error", f"chgrp {group} {rmap} {rmap.parent}; "
+                                                  f"chmod 640 {rmap}; chmod 750 {rmap.parent}")
+    try:
+        owner = pwd.getpwnam(d.layout.user).pw_uid
+    except KeyError:
+        owner = None
+    if owner is not None and d.cfg.state_dir.exists():
+        strangers = sorted(str(p) for p in d.cfg.state_dir.rglob("*") if p.lstat().st_uid != owner)
+        if strangers:
+            yield Finding("state owner", False, f"not owned by {d.layout.user}: {', '.join(strangers[:3])}"
+                                                f"{' …' if len(strangers) > 3 else ''} — congvu cannot record "
+                                                "logins, failures or lockouts there",
+                          f"chown -R {d.layout.user}: {d.cfg.state_dir}")
+        else:
+            yield Finding("state owner", True, f"{d.cfg.state_dir} owned by {d.layout.user}")
     for name in ("directory.sqlite3", "state.sqlite3", "audit.sqlite3", "authd.key"):
         path = d.cfg.state_dir / name
         if path.exists() and stat.S_IMODE(path.stat().st_mode) & 0o007:
@@ -348,7 +422,7 @@ def check_stores(d: Doctor) -> Iterator[Finding]:
 
 
 CHECKS: tuple[Check, ...] = (check_config, check_service_user, check_unit, check_launcher, check_auth_socket,
-                             check_policy_socket, check_postfix, check_dovecot, check_stores)
+                             check_policy_socket, check_sasl, check_postfix, check_dovecot, check_stores)
 
 
 def summary(findings: list[Finding]) -> str:

@@ -30,6 +30,7 @@ import os
 import pwd
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -424,10 +425,16 @@ def _launcher(layout: Layout) -> Step:
                 [f"{layout.congvu} authd hook-script {layout.launcher}"], apply=do)
 
 
+def runuser(user: str, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    """``argv`` run as ``user`` by util-linux's runuser (in /usr/sbin, which a user's PATH may lack)."""
+    binary = shutil.which("runuser", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin") or "runuser"
+    return subprocess.run([binary, "-u", user, "--", *argv], capture_output=True, text=True, check=False,
+                          stdin=subprocess.DEVNULL, timeout=60)
+
+
 def runs_as(user: str, argv: Sequence[str], *, expect_exit: int, expect_err: str = "", what: str) -> None:
     """Run ``argv`` as ``user``; SetupError naming what it could not read when it fails."""
-    done = subprocess.run(["runuser", "-u", user, "--", *argv], capture_output=True, text=True, check=False,
-                          stdin=subprocess.DEVNULL, timeout=60)
+    done = runuser(user, argv)
     if done.returncode == expect_exit and expect_err in done.stderr:
         return
     first = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]

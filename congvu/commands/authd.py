@@ -57,6 +57,15 @@ def _authd(args: argparse.Namespace, out: Output) -> int:
     return run(args, out, lambda cfg, reactor, listen: build_services(cfg, reactor, listen, ["authd", "web"]))
 
 
+def _user_exists(name: str) -> bool:
+    import pwd
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 def _hook_script(args: argparse.Namespace, out: Output) -> int:
     from congvu.authhooks import launcher
 
@@ -73,6 +82,13 @@ def _hook_script(args: argparse.Namespace, out: Output) -> int:
     except ConfigError:
         sock = "<[authhooks] socket>"
     out.line(f"wrote {path} (runs {launcher.package_parent()}/congvu/authhooks with python -S)")
+    if os.geteuid() == 0 and _user_exists("dovecot"):  # Dovecot's auth process forks it as dovecot
+        from congvu.setup import SetupError, runs_as
+        try:
+            runs_as("dovecot", [str(path)], expect_exit=111, expect_err="no reply program given",
+                    what=f"the launcher {path}")
+        except SetupError as e:  # a warning: a site may run Dovecot's auth as another user
+            out.error(f"congvu: warning: {e}")
     out.line("Dovecot (conf/dovecot/congvu-checkpassword.conf.ext), passdb and userdb:")
     out.line(f"  args = {path} --socket {sock}")
     return EXIT_OK

@@ -81,6 +81,15 @@ class Host:
     def admin(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.cli(*argv, "--config", str(self.root / "etc/congvu/congvu.toml"), check=check)
 
+    def doctor(self, config: Path | None = None) -> subprocess.CompletedProcess[str]:
+        return self.cli("doctor", "--config", str(config or self.root / "etc/congvu/congvu.toml"), "--root",
+                        str(self.root), "--postfix-config", str(self.postfix_dir), "--dovecot-config",
+                        str(self.dovecot_conf.parent), check=False)
+
+    def postconf(self, *argv: str) -> str:
+        return subprocess.run(["postconf", "-c", str(self.postfix_dir), *argv], check=True, capture_output=True,
+                              text=True).stdout.strip()
+
     # ------------------------------------------------------------------ congvu, as systemd runs it
 
     def start_congvu(self) -> None:
@@ -375,8 +384,7 @@ def test_setup_made_a_host_that_doctor_passes(host: Host) -> None:
     """Every step of the plan was applied, and `congvu doctor` finds nothing to fix."""
     out = (host.root / "setup.out").read_text(encoding="utf-8")
     assert "failed" not in out and "→ written" in out
-    done = host.admin("doctor", "--root", str(host.root), "--postfix-config", str(host.postfix_dir),
-                      "--dovecot-config", str(host.dovecot_conf.parent), check=False)
+    done = host.doctor()
     assert done.returncode == 0, done.stdout + done.stderr
     assert "0 failed" in done.stdout
 
@@ -457,3 +465,150 @@ def test_congvu_stopped_is_temporary_everywhere_and_nothing_is_lost(host: Host) 
         host.start_congvu()
     subprocess.run(["postqueue", "-c", str(host.postfix_dir), "-f"], check=True, capture_output=True)
     host.wait_inbox(f"nvminh@{DOMAIN}", NEW_PASSWORD, b"Subject: queued-1", timeout=60)
+
+
+# --------------------------------------------------------------------------- doctor, one planted fault each
+# The eight things that went wrong by hand (issue 10), planted on the installed host one at a
+# time: doctor must name each with a FAIL line and exit 1, and pass again once it is undone.
+
+
+@contextlib.contextmanager
+def planted(host: Host, check: str, config: Path | None = None) -> Iterator[None]:
+    """Run the body (which plants a fault and undoes it on exit); doctor must FAIL ``check``."""
+    yield
+    done = host.doctor(config)
+    lines = [x for x in done.stdout.splitlines() if x.startswith(f"FAIL  {check}")]
+    assert done.returncode == 1 and lines, done.stdout + done.stderr
+
+
+def _doctor_passes_again(host: Host) -> None:
+    done = host.doctor()
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_doctor_finds_an_interpreter_dovecot_cannot_run(host: Host) -> None:
+    """Fault 1: the venv under a 0700 directory: the launcher fails as dovecot (exit 126), doctor says so."""
+    opt = host.root / "opt"
+    mode = opt.stat().st_mode
+    try:
+        with planted(host, "checkpassword launcher"):
+            opt.chmod(0o700)
+    finally:
+        opt.chmod(mode)
+    _doctor_passes_again(host)
+
+
+def test_doctor_finds_missing_delivery_and_an_unreadable_recipient_map(host: Host) -> None:
+    """Fault 2: a hand-kept hash map instead of congvu's, and a recipient map postfix cannot read."""
+    maps = host.postconf("-h", "virtual_mailbox_maps")
+    try:
+        with planted(host, "postfix delivery"):
+            host.postconf("-e", "virtual_mailbox_maps = hash:/etc/postfix/vmailbox")
+    finally:
+        host.postconf("-e", f"virtual_mailbox_maps = {maps}")
+    rmap = host.root / "var/lib/congvu/maps/recipients.sqlite3"
+    st = rmap.stat()
+    try:
+        with planted(host, "recipient map"):
+            os.chown(rmap, st.st_uid, 0)
+            rmap.chmod(0o600)
+    finally:
+        os.chown(rmap, st.st_uid, st.st_gid)
+        rmap.chmod(stat_mode(st))
+    _doctor_passes_again(host)
+
+
+def test_doctor_finds_a_policy_socket_postfix_cannot_use_and_a_lock_beside_it(host: Host) -> None:
+    """Fault 3: the policy socket root:root (Postfix gets Permission denied), and a lock symlink in its directory."""
+    sock = host.root / "var/spool/postfix/congvu/policy"
+    st = sock.stat()
+    try:
+        with planted(host, "policy socket"):
+            os.chown(sock, 0, 0)
+    finally:
+        os.chown(sock, st.st_uid, st.st_gid)
+    lock = sock.with_name("policy.lock")
+    try:
+        with planted(host, "policy socket lock"):
+            lock.symlink_to("12345")
+    finally:
+        lock.unlink(missing_ok=True)
+    _doctor_passes_again(host)
+
+
+def test_doctor_finds_a_second_config_and_a_policy_service_that_is_not_congvus(host: Host) -> None:
+    """Fault 4: a config other than the unit's (two sets of databases); main.cf naming another socket."""
+    conf = host.root / "etc/congvu/congvu.toml"
+    relative = host.root / "relative.toml"
+    relative.write_text(re.sub(r'^state_dir = .*$', 'state_dir = "./var"', conf.read_text(encoding="utf-8"),
+                               flags=re.M), encoding="utf-8")
+    relative.chmod(0o644)
+    with planted(host, "config in use", config=relative):
+        pass
+    service = host.postconf("-h", "congvu_policy_service")
+    try:
+        with planted(host, "postfix policy"):
+            host.postconf("-e", "congvu_policy_service = unix:private/congvu-policy")
+    finally:
+        host.postconf("-e", f"congvu_policy_service = {service}")
+    _doctor_passes_again(host)
+
+
+def test_doctor_finds_no_unit_and_a_service_user_outside_postfixs_group(host: Host) -> None:
+    """Fault 5: no systemd unit; the service user not in group postfix (it cannot hand its sockets over)."""
+    unit = host.root / "etc/systemd/system/congvu.service"
+    aside = unit.with_suffix(".aside")
+    try:
+        with planted(host, "systemd unit"):
+            unit.rename(aside)
+    finally:
+        aside.rename(unit)
+    try:
+        with planted(host, "service user"):
+            subprocess.run(["gpasswd", "-d", "congvu", "postfix"], check=True, capture_output=True)
+    finally:
+        subprocess.run(["gpasswd", "-a", "congvu", "postfix"], check=True, capture_output=True)
+    _doctor_passes_again(host)
+
+
+def test_doctor_finds_a_dovecot_config_that_loses_expired(host: Host) -> None:
+    """Fault 6: congvu's passdb without its terminator: a must-change login would not read NO [EXPIRED]."""
+    ext = host.root / "etc/congvu/dovecot/congvu-checkpassword.conf.ext"
+    text = ext.read_text(encoding="utf-8")
+    try:
+        with planted(host, "dovecot refusal codes"):
+            ext.write_text(re.sub(r"^passdb \{\n  driver = static\n.*?^\}\n", "", text, flags=re.M | re.S),
+                           encoding="utf-8")
+            assert ext.read_text(encoding="utf-8") != text
+    finally:
+        ext.write_text(text, encoding="utf-8")
+    _doctor_passes_again(host)
+
+
+def test_doctor_finds_smtp_auth_through_dovecots_socket(host: Host) -> None:
+    """Fault 7: submission asking Dovecot's private/auth (535 on outages) instead of congvu's SASL socket."""
+    key = f"127.0.0.1:{host.submission_port}/inet/smtpd_sasl_path"
+    before = host.postconf("-P", key).partition(" = ")[2]
+    try:
+        with planted(host, f"SMTP AUTH 127.0.0.1:{host.submission_port}"):
+            host.postconf("-P", f"{key}=private/auth")
+    finally:
+        host.postconf("-P", f"{key}={before}")
+    _doctor_passes_again(host)
+
+
+def test_doctor_finds_state_files_congvu_cannot_write(host: Host) -> None:
+    """Fault 8: state.sqlite3 left to root (a CLI run as root): congvu cannot record failures or lockouts."""
+    state = host.root / "var/lib/congvu/state.sqlite3"
+    st = state.stat()
+    try:
+        with planted(host, "state owner"):
+            os.chown(state, 0, 0)
+    finally:
+        os.chown(state, st.st_uid, st.st_gid)
+    _doctor_passes_again(host)
+
+
+def stat_mode(st: os.stat_result) -> int:
+    import stat as _stat
+    return _stat.S_IMODE(st.st_mode)

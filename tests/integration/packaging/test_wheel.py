@@ -94,3 +94,18 @@ def test_console_checkpassword_and_the_s_launcher_run_from_the_wheel(venv: Path,
     loaded = r.stdout.decode().split()
     assert "congvu.authhooks.checkpassword" in loaded and "site" not in loaded
     assert not [m for m in loaded if m.split(".")[0] in ("twisted", "ldap3", "redis", "zxcvbn")]
+
+
+def test_hook_script_warns_when_dovecot_cannot_run_the_launcher(venv: Path, tmp_path: Path) -> None:
+    """A venv under a 0700 directory: hook-script still writes the launcher but says dovecot cannot run it, and why."""
+    if not shutil.which("runuser") or subprocess.run(["id", "dovecot"], capture_output=True).returncode != 0:
+        pytest.fail("needs runuser and the dovecot user (apt-get install dovecot-core)")
+    hidden = venv.parent
+    hidden.chmod(0o700)
+    try:
+        r = _run(venv, str(venv / "bin" / "congvu"), "authd", "hook-script", str(tmp_path / "checkpassword"))
+    finally:
+        hidden.chmod(0o755)
+    assert r.returncode == 0, r.stderr
+    assert b"warning: the launcher" in r.stderr and b"does not run as user dovecot" in r.stderr, r.stderr
+    assert b" is mode 0700: dovecot cannot reach " in r.stderr, r.stderr  # the first closed directory on the way
