@@ -210,20 +210,37 @@ class Host:
 # --------------------------------------------------------------------------- the install
 
 
-def _venv(root: Path) -> Path:
-    """README step: a venv from Debian's python3, the lock's packages, then congvu's wheel."""
+def readme_steps() -> list[str]:
+    """The commands of README.md's "Install on a mail host" block, continuation lines joined, comments dropped."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = text.split("## Install on a mail host", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    block = block.replace("\\\n", " ")
+    return [re.sub(r"\s+", " ", re.sub(r"\[[^]]*\]", "", line)).strip()
+            for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _step(steps: list[str], prefix: str) -> str:
+    found = [x for x in steps if x.startswith(prefix)]
+    assert len(found) == 1, f"README's install block has {len(found)} step(s) starting {prefix!r}: {steps}"
+    return found[0]
+
+
+def _venv(root: Path, steps: list[str]) -> Path:
+    """README steps 1-2, run as written with the test's paths: Debian's python3, the lock, congvu's wheel."""
+    packages = _step(steps, "apt-get install ").split()[2:]
+    missing = [p for p in packages
+               if subprocess.run(["dpkg", "-s", p], capture_output=True, check=False).returncode != 0]
+    assert not missing, f"README's apt-get line names packages the test host lacks: {missing}"
     venv = root / "opt" / "congvu"
-    subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps"]
-    subprocess.run([*pip, "--require-hashes", "-r", str(REPO / "requirements.lock")], check=True)
     src = root / "src"
     shutil.copytree(REPO, src, symlinks=True,
                     ignore=shutil.ignore_patterns(".git", ".venv*", "build", "var", "__pycache__", "*.egg-info"))
-    wheels = root / "wheels"
-    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "--disable-pip-version-check", "-w", str(wheels), str(src)], check=True, cwd=root)
-    subprocess.run([*pip, *map(str, wheels.glob("congvu-*.whl"))], check=True)
+    for line in [x for x in steps if x.startswith(("/usr/bin/python3 ", "/opt/congvu/bin/pip "))]:
+        cmd = line.replace("/opt/congvu", str(venv)).replace("/tmp/congvu-wheel", str(root / "wheels"))
+        cmd = cmd.replace("/bin/pip ", "/bin/pip -q --disable-pip-version-check ")
+        subprocess.run(["bash", "-c", cmd], check=True, cwd=src)
     shutil.rmtree(src)
+    assert (venv / "bin" / "congvu").exists(), "README's steps installed no congvu command"
     return venv
 
 
@@ -336,12 +353,18 @@ def host() -> Iterator[Host]:
                             ("openssl", "openssl"), ("runuser", "util-linux")):
         need(binary, package)
     root = new_root("congvu-install-")
-    h = Host(root, _venv(root), Path(), Path(), free_port(), free_port(), free_port(), free_port(), free_port())
+    steps = readme_steps()
+    h = Host(root, _venv(root, steps), Path(), Path(), free_port(), free_port(), free_port(), free_port(), free_port())
     h.postfix_dir = _fresh_postfix(root, h.smtp_port)
     h.dovecot_conf = _packaged_dovecot(root, h.imap_port, h.pop3_port)
-    setup = h.cli("setup", "--domain", DOMAIN, "--root", str(root), "--postfix-config", str(h.postfix_dir),
-                  "--dovecot-config", str(h.dovecot_conf.parent), "--submission", f"127.0.0.1:{h.submission_port}",
-                  "--apply")
+    # README step 3, with the test's substitutions appended (see the module docstring).
+    apply = shlex.split(next(x for x in steps if x.startswith("/opt/congvu/bin/congvu setup") and "--apply" in x))
+    plan = shlex.split(next(x for x in steps if x.startswith("/opt/congvu/bin/congvu setup") and "--apply" not in x))
+    assert plan[2:] == ["--domain", DOMAIN] and apply[2:] == ["--domain", DOMAIN, "--apply"], (plan, apply)
+    subs = ["--root", str(root), "--postfix-config", str(h.postfix_dir), "--dovecot-config",
+            str(h.dovecot_conf.parent), "--submission", f"127.0.0.1:{h.submission_port}"]
+    h.cli(*plan[1:], *subs)
+    setup = h.cli(*apply[1:], *subs)
     (root / "setup.out").write_text(setup.stdout, encoding="utf-8")
     conf = root / "etc/congvu/congvu.toml"
     text = conf.read_text(encoding="utf-8")  # test substitution: free ports for the page and the metrics
