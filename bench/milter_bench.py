@@ -167,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--with-rspamd", action="store_true", help="put rspamd before congvu's milter, as shipped")
     ap.add_argument("--keep", action="store_true", help="keep the temp dirs (logs, configs)")
     ap.add_argument("--tcp", action="store_true", help="milters on loopback TCP instead of the shipped unix socket")
+    ap.add_argument("--c-milter", action="store_true",
+                    help="add an instance whose milter is a no-op in C on libmilter (bench/nullmilter/, needs "
+                         "libmilter-dev): what any milter round trip costs Postfix")
     ap.add_argument("--bare-milter", metavar="ENDPOINT", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.bare_milter:
@@ -191,11 +194,21 @@ def main(argv: list[str] | None = None) -> int:
             milters = f"{rspamd.milter}, $congvu_milter_service"
         ports = {"bare": free_port(), "milter": free_port()} if args.tcp else {}
         instances["postfix"] = build_postfix(new_root("congvu-bench-postfix-"), "")
-        for name in ("bare", "milter"):
+        named = ("bare", "milter", *(("c-null",) if args.c_milter else ()))
+        for name in named:
             instances[name] = build_postfix(new_root(f"congvu-bench-{name}-"), milters,
                                             f"inet:127.0.0.1:{ports[name]}" if args.tcp else "")
+        if args.c_milter:
+            binary = root / "nullmilter"
+            subprocess.run(["cc", "-O2", "-o", str(binary), str(REPO / "bench/nullmilter/nullmilter.c"), "-lmilter",
+                            "-pthread"], check=True)
+            sock = instances["c-null"].milter_socket
+            procs.append(_Child(subprocess.Popen(["sh", "-c", f'umask 0; exec "{binary}" unix:{sock}'],
+                                                 stdin=subprocess.DEVNULL, start_new_session=True)))
         endpoints = {name: f"tcp:{ports[name]}:interface=127.0.0.1" if args.tcp else
-                     f"unix:{instances[name].milter_socket}:mode=666" for name in ("bare", "milter")}
+                     f"unix:{instances[name].milter_socket}:mode=666:lockfile=0" for name in ("bare", "milter")}
+        for pf in instances.values():  # congvu's Listener makes it for its own sockets; the bare ones need it too
+            pf.milter_socket.parent.mkdir(parents=True, exist_ok=True)
         bare = subprocess.Popen([sys.executable, __file__, "--bare-milter", endpoints["bare"]],
                                 cwd=REPO, stdin=subprocess.DEVNULL, start_new_session=True)
         procs.append(_Child(bare))
@@ -221,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
               f"5mb message {files['5mb'].stat().st_size} bytes; {args.sessions} sessions; "
               f"milters on the second instance: {milters}", flush=True)
         ratios: dict[str, list[float]] = {"small": [], "5mb": []}
+        failed = 0
         bare_ratios: dict[str, list[float]] = {"small": [], "5mb": []}
+        c_ratios: dict[str, list[float]] = {"small": [], "5mb": []}
         for mix in ("small", "5mb"):
             for rnd in range(1, args.rounds + 1):
                 rates: dict[str, float] = {}
@@ -233,10 +248,16 @@ def main(argv: list[str] | None = None) -> int:
                         f"{1e6 * (cpu_seconds(p.pid) - c) / counts[mix]:.0f} us" for p, c in cpu0.items())
                     rates[name] = counts[mix] / secs
                     bad = "" if not errors else f"  smtp-source said: {errors[:200]!r}"
+                    failed += bool(errors)
                     print(f"{mix:5s} round {rnd}  {name:7s} {rates[name]:8.1f} msg/s  ({counts[mix]} in {secs:.2f} s)"
                           f"{cpu}{bad}", flush=True)
                 ratios[mix].append(rates["milter"] / rates["postfix"])
                 bare_ratios[mix].append(rates["bare"] / rates["postfix"])
+                if "c-null" in rates:
+                    c_ratios[mix].append(rates["c-null"] / rates["postfix"])
+        if failed:
+            print(f"\nINVALID RUN: smtp-source failed {failed} time(s) (see above); no ratio is worth reading")
+            return 1
         peak = milter.peak_rss()
         milter.stop()  # flushes its log
         decided = sum(1 for line in milter.log_text().splitlines() if "milter: queue_id=" in line)
@@ -244,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         for mix, rs in ratios.items():
             target = " (target >= 80 %)" if mix == "small" else ""
             print(f"{mix}: with milter / without = {_pcts(rs)}{target}; bare milter / without = "
-                  f"{_pcts(bare_ratios[mix])}")
+                  f"{_pcts(bare_ratios[mix])}" + (f"; C no-op milter / without = {_pcts(c_ratios[mix])}"
+                                                  if c_ratios[mix] else ""))
         print(f"milter: {decided} messages decided (expected {(args.small + args.large) * args.rounds}); "
               f"peak RSS {peak / MiB:.1f} MB; policyd peak RSS {_peak(policyd.pid) / MiB:.1f} MB")
         print(f"stdlib BytesFeedParser, one 30 MB message (22 MB attachment): peak RSS grows by "

@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} UTC; message {msg.stat().st_size} bytes; "
               f"{args.sessions} sessions; {args.count} messages per instance per round", flush=True)
         ratios: dict[str, list[float]] = {"congvu": [], "postfwd2": []}
+        failed = 0
         for rnd in range(1, args.rounds + 1):
             rates: dict[str, float] = {}
             for name, pf in instances.items():
@@ -132,10 +133,14 @@ def main(argv: list[str] | None = None) -> int:
                 cpu = (f"  congvu policyd CPU per message {1e6 * (cpu_seconds(policyd.pid) - cpu0) / args.count:.0f} us"
                        if name == "congvu" else "")
                 bad = "" if not errors else f"  smtp-source said: {errors[:200]!r}"
+                failed += bool(errors)
                 print(f"round {rnd}  {name:8s} {rates[name]:8.1f} msg/s  ({args.count} in {secs:.2f} s; "
                       f"{_wait_delivered(pf, before + args.count) - before} delivered){cpu}{bad}", flush=True)
             for name in ratios:
                 ratios[name].append(rates[name] / rates["nopolicy"])
+        if failed:
+            print(f"\nINVALID RUN: smtp-source failed {failed} time(s) (see above); no ratio is worth reading")
+            return 1
         print()
         print(f"congvu / no policy service = {_pcts(ratios['congvu'])} (target >= 90 %)")
         print(f"postfwd2 / no policy service = {_pcts(ratios['postfwd2'])}")
