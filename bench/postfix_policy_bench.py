@@ -18,7 +18,7 @@ The load is Postfix's own ``smtp-source`` (C): ``--sessions`` parallel SMTP sess
 within one round (the machine is shared; instances measured seconds apart see the same
 load).  Target (issue 10): congvu keeps >= 90 % of Postfix's rate without a policy service.
 
-    .venv/bin/python bench/postfix_policy_bench.py                 # 2000 msgs x 3 rounds, 8 sessions
+    .venv/bin/python bench/postfix_policy_bench.py                 # 1000 msgs x 7 rounds, 8 sessions
     .venv/bin/python bench/postfix_policy_bench.py --count 500 --rounds 1
 """
 
@@ -83,9 +83,9 @@ def delivered(pf: PostfixServer) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--count", type=int, default=2000, help="messages per instance per round (default 2000)")
+    ap.add_argument("--count", type=int, default=1000, help="messages per instance per round (default 1000)")
     ap.add_argument("--sessions", type=int, default=8, help="parallel SMTP sessions (default 8)")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds, instances alternating (default 3)")
+    ap.add_argument("--rounds", type=int, default=7, help="rounds, instances alternating (default 7)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dirs (logs, configs)")
     ap.add_argument("--log-decisions", choices=("all", "blocks"), default="all",
                     help="[policyd] log_decisions (default all: one log line per request, as shipped)")
